@@ -1,0 +1,43 @@
+"""paqbench: a pluggable benchmarking harness for compressing large language models.
+
+Plugin authors need only this module: ``hookimpl`` marks hook implementations, and the
+base classes define what a method, metric, model source, dataset or reporter is.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from paqbench.hookspecs import hookimpl
+from paqbench.interfaces import (
+    Dataset,
+    Measurement,
+    Method,
+    Metric,
+    ModelSource,
+    NoParams,
+    Params,
+    Reporter,
+    RunContext,
+    TextCorpus,
+    Unavailable,
+)
+
+try:
+    __version__ = version("paqbench")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "Dataset",
+    "Measurement",
+    "Method",
+    "Metric",
+    "ModelSource",
+    "NoParams",
+    "Params",
+    "Reporter",
+    "RunContext",
+    "TextCorpus",
+    "Unavailable",
+    "__version__",
+    "hookimpl",
+]

@@ -1,0 +1,178 @@
+"""The ``paqbench`` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from paqbench import __version__
+
+EXIT_USAGE = 2
+
+
+def _registry():
+    from paqbench.plugin_manager import PluginLoadError, get_plugin_manager
+    from paqbench.registry import DuplicateNameError, Registry
+
+    try:
+        pm = get_plugin_manager()
+        return pm, Registry.from_plugin_manager(pm)
+    except (PluginLoadError, DuplicateNameError, TypeError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _plan(suite_path: str, **overrides):
+    from paqbench.planner import Overrides, build_plan
+    from paqbench.suite import SuiteError, load_suite
+
+    _, registry = _registry()
+    try:
+        loaded = load_suite(suite_path)
+        plan = build_plan(loaded, registry, Overrides(**overrides))
+    except SuiteError as exc:
+        for problem in exc.problems:
+            click.echo(f"Error: {problem}", err=True)
+        sys.exit(EXIT_USAGE)
+    return loaded, plan, registry
+
+
+def _plan_text(plan) -> str:
+    from tabulate import tabulate
+
+    rows = []
+    for index, run in enumerate(plan.runs, start=1):
+        steps = " -> ".join(
+            s["method"] + "(" + ", ".join(f"{k}={v}" for k, v in s["params"].items() if v is not None) + ")"
+            for s in run.steps
+        ) or "(uncompressed)"
+        rows.append([index, run.name, steps, run.config_hash])
+    metrics = ", ".join(m["name"] for m in plan.runs[0].metrics) or "(none)"
+    return (
+        f"suite {plan.suite_name}: {len(plan.runs)} runs of model {plan.runs[0].model['source']} "
+        f"({plan.runs[0].model_source}); metrics: {metrics}\n"
+        + tabulate(rows, headers=["#", "run", "steps", "id"])
+    )
+
+
+@click.group()
+@click.version_option(__version__, prog_name="paqbench")
+def main() -> None:
+    """paqbench: benchmark compressed LLMs — pruning, quantization and distillation
+    pipelines in any order, measured the same way every time."""
+
+
+@main.command()
+@click.argument("suite", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", type=click.Path(file_okay=False), help="Output directory (default: the suite's `output`, else reports/<suite name>).")
+@click.option("--model", help="Replace the suite's model (e.g. smollm2-135m, a hub id, a path).")
+@click.option("--device", help="Replace the suite's device (cpu, cuda, cuda:1, auto).")
+@click.option("--limit", type=click.IntRange(min=1), help="Cap evaluation work (windows, examples) for a quick run.")
+@click.option("--only", multiple=True, help="Run only this pipeline (repeatable); the baseline always runs.")
+@click.option("--resume/--force", default=True, show_default=True, help="Skip runs already recorded in the output directory, or archive them and rerun everything.")
+@click.option("--dry-run", is_flag=True, help="Print the expanded plan and exit.")
+@click.option("--in-process", is_flag=True, help="Run in this process instead of one process per run (for debugging).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per run before it is stopped and recorded as failed.")
+@click.option("--verbose", "-v", count=True, help="Log progress (-v) or debug details (-vv).")
+def run(suite, output, model, device, limit, only, resume, dry_run, in_process, timeout, verbose):
+    """Run SUITE: every pipeline, every metric, then write the reports."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    loaded, plan, registry = _plan(suite, model=model, device=device, limit=limit, only=tuple(only))
+    if timeout:
+        for spec in plan.runs:
+            spec.timeout = timeout
+    if dry_run:
+        click.echo(_plan_text(plan))
+        return
+    from paqbench.runner.session import OutputDirConflict, run_plan
+
+    output_dir = Path(output or loaded.suite.output or Path("reports") / loaded.suite.name)
+    isolation = "in-process" if in_process else loaded.suite.runner.isolation
+    try:
+        summary = run_plan(plan, output_dir, registry=registry, isolation=isolation, resume=resume,
+                           force=not resume, echo=lambda m: click.echo(m, err=True), log_level=level)
+    except OutputDirConflict as exc:
+        _fail(str(exc))
+    files = _write_reports(output_dir, loaded.suite.reporters, registry)
+    ok = sum(1 for r in summary.ran if r.status == "ok")
+    click.echo(
+        f"{ok} ok, {len(summary.failed)} failed, {len(summary.skipped)} already recorded"
+        f" -> {', '.join(str(f) for f in files)}", err=True,
+    )
+    if summary.interrupted:
+        click.echo("Interrupted: finished runs are kept; run the same command again to resume.", err=True)
+        sys.exit(130)
+    sys.exit(1 if summary.failed else 0)
+
+
+def _write_reports(output_dir: Path, reporters: list[str], registry) -> list[Path]:
+    from paqbench.report import build_report
+
+    report = build_report(output_dir)
+    files: list[Path] = []
+    for name in reporters:
+        files += registry.reporter(name)().write(report, output_dir)
+    return files
+
+
+@main.command()
+@click.argument("suites", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--model", help="Validate as if run with --model.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only problems.")
+def validate(suites, model, quiet):
+    """Check suite files against the schema and the installed plugins; print each plan."""
+    for suite in suites:
+        _, plan, _ = _plan(suite, model=model)
+        if quiet:
+            continue
+        click.echo(f"{suite}: ok")
+        click.echo(_plan_text(plan))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.option("--reporter", "reporters", multiple=True, help="Reporter to use (default: the suite's).")
+def report(directory, reporters):
+    """Regenerate the reports of DIRECTORY from its results.jsonl."""
+    from paqbench.runner.store import ResultStore
+
+    _, registry = _registry()
+    store = ResultStore(Path(directory))
+    if not store.exists():
+        _fail(f"{directory} holds no results.jsonl")
+    manifest = store.read_manifest() or {}
+    names = list(reporters) or (manifest.get("resolved_suite") or {}).get("reporters") or ["json", "markdown"]
+    for path in _write_reports(Path(directory), names, registry):
+        click.echo(str(path))
+
+
+@main.command()
+def plugins():
+    """List loaded plugins: distribution, version and what each registers."""
+    from paqbench.listing import plugins_text
+
+    pm, registry = _registry()
+    click.echo(plugins_text(pm, registry))
+
+
+@main.command(name="list")
+@click.argument("kind", type=click.Choice(["methods", "metrics", "models", "datasets", "reporters"]))
+@click.option("--verbose", "-v", is_flag=True, help="Show descriptions and every parameter with type and default.")
+def list_(kind, verbose):
+    """List registered methods, metrics, models, datasets or reporters."""
+    from paqbench.listing import list_text
+
+    _, registry = _registry()
+    click.echo(list_text(registry, kind, verbose))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

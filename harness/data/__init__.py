@@ -1,0 +1,1 @@
+"""Text datasets and calibration data."""

@@ -1,0 +1,70 @@
+"""The hooks a paqbench plugin can implement.
+
+Every hook is a *register callback*: paqbench calls it once with a ``register``
+function, and the plugin calls ``register`` for each thing it provides. Built-in
+plugins (``paqbench.plugins.*``) use exactly the same hooks as third-party ones,
+which are found through the ``paqbench`` entry-point group::
+
+    [project.entry-points.paqbench]
+    my_plugin = "my_package.plugin"
+
+A name registered twice (by two plugins, or twice by one) is an error that names both
+plugins, so two packages can never silently shadow each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from paqbench.interfaces import Dataset, Method, Metric, ModelSource, Reporter
+
+PROJECT_NAME = "paqbench"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def paqbench_register_methods(register: Callable[[type[Method]], None]) -> None:
+    """Register compression methods (pruning, quantization, distillation, other).
+
+    Call ``register(MethodClass)`` for each :class:`paqbench.Method` subclass. The class
+    declares its ``name``, ``family``, a pydantic ``Params`` model (validated before any
+    run starts) and the layer kinds it ``accepts``; ``apply(model, params, ctx)`` changes
+    the model in place.
+    """
+
+
+@hookspec
+def paqbench_register_metrics(register: Callable[[type[Metric]], None]) -> None:
+    """Register metrics.
+
+    Call ``register(MetricClass)`` for each :class:`paqbench.Metric` subclass. Its
+    ``measure(model, params, ctx)`` yields :class:`paqbench.Measurement` objects; a metric
+    that cannot run in this environment yields measurements marked unavailable (with the
+    reason) instead of raising or reporting zero.
+    """
+
+
+@hookspec
+def paqbench_register_model_sources(register: Callable[[type[ModelSource]], None]) -> None:
+    """Register model sources: named models (``smollm2-135m``) or kinds of location
+    (hub ids, local directories, GGUF files). ``load(config, ctx)`` returns the model and
+    its tokenizer."""
+
+
+@hookspec
+def paqbench_register_datasets(register: Callable[[type[Dataset]], None]) -> None:
+    """Register text datasets used for calibration and perplexity (``wikitext2``,
+    ``ptb``, ``c4``, ...). ``load(split, ctx)`` returns a :class:`paqbench.TextCorpus`
+    whose text is identical whether it came from the hub or a local data directory."""
+
+
+@hookspec
+def paqbench_register_reporters(register: Callable[[type[Reporter]], None]) -> None:
+    """Register reporters, which turn a finished (or partial) report into files in the
+    output directory (``report.json``, ``report.md``, plots, ...)."""

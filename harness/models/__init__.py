@@ -1,0 +1,1 @@
+"""Model sources: hub ids and local directories, GGUF files, and embedded models."""

@@ -1,0 +1,60 @@
+"""Load causal LMs and tokenizers through transformers (hub ids, directories, GGUF)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from paqbench.suite.schema import ModelConfig
+
+
+def _dtype_kwarg() -> str:
+    """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56."""
+    import transformers
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
+def load_pretrained(
+    path: str,
+    config: ModelConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    gguf_file: str | None = None,
+) -> tuple[torch.nn.Module, Any]:
+    """``from_pretrained`` for the model and its tokenizer, honouring the suite's options.
+
+    ``trust_remote_code`` is passed only when the suite asks for it.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    common: dict[str, Any] = {}
+    if config.revision:
+        common["revision"] = config.revision
+    if config.trust_remote_code:
+        common["trust_remote_code"] = True
+    if gguf_file:
+        common["gguf_file"] = gguf_file
+    kwargs: dict[str, Any] = {**common, _dtype_kwarg(): dtype, **config.options}
+    if config.device_map is not None:
+        kwargs["device_map"] = config.device_map
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if config.device_map is None:
+        model = model.to(device)
+    model.eval()
+    tokenizer_path = config.tokenizer or path
+    tokenizer_kwargs = dict(common)
+    if config.tokenizer:
+        tokenizer_kwargs.pop("gguf_file", None)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **tokenizer_kwargs)
+    prepare_tokenizer(tokenizer)
+    return model, tokenizer
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Give the tokenizer a pad token (batching and lm-eval need one)."""
+    if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None):
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

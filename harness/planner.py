@@ -1,0 +1,280 @@
+"""Turn a loaded suite into a plan: one run per pipeline and swept value.
+
+Everything a run needs is resolved here (defaults filled in, parameters validated by
+each plugin's schema, names checked against the registry), so a plan that exists can
+run, and every run has a stable hash of its resolved configuration for resuming.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import typing
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pydantic
+
+from paqbench.registry import Registry, UnknownNameError
+from paqbench.suite.errors import Problem, SuiteError
+from paqbench.suite.loader import LoadedSuite
+
+BASELINE = "baseline"
+
+
+@dataclass
+class RunSpec:
+    """One run, fully resolved and JSON-serialisable (it crosses a process boundary)."""
+
+    name: str
+    pipeline: str
+    steps: list[dict[str, Any]]
+    metrics: list[dict[str, Any]]
+    model: dict[str, Any]
+    model_source: str
+    calibration: dict[str, Any]
+    seed: int
+    limit: int | None = None
+    sweep: dict[str, Any] = field(default_factory=dict)
+    timeout: float | None = None
+
+    @property
+    def config_hash(self) -> str:
+        """Hash of everything that changes the results (not the timeout)."""
+        payload = {
+            "steps": self.steps,
+            "metrics": self.metrics,
+            "model": self.model,
+            "calibration": self.calibration if self.steps else None,
+            "seed": self.seed,
+            "limit": self.limit,
+        }
+        blob = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "config_hash": self.config_hash}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        data = {k: v for k, v in data.items() if k != "config_hash"}
+        return cls(**data)
+
+
+@dataclass
+class Plan:
+    suite_name: str
+    runs: list[RunSpec]
+    resolved_suite: dict[str, Any]
+
+
+@dataclass
+class Overrides:
+    """Command-line overrides of a suite."""
+
+    model: str | None = None
+    device: str | None = None
+    limit: int | None = None
+    only: tuple[str, ...] = ()
+
+
+def build_plan(loaded: LoadedSuite, registry: Registry, overrides: Overrides | None = None) -> Plan:
+    """Validate ``loaded`` against the plugins and expand it into runs."""
+    overrides = overrides or Overrides()
+    suite = loaded.suite
+    problems: list[Problem] = []
+
+    model = suite.model.model_copy()
+    if overrides.model:
+        model = model.model_copy(update={"source": overrides.model, "kind": "auto", "gguf_file": None})
+    if overrides.device:
+        model = model.model_copy(update={"device": overrides.device})
+    from paqbench.models.resolve import ModelResolutionError, resolve_source
+
+    model_source = ""
+    try:
+        model_source = resolve_source(model, registry)
+    except ModelResolutionError as exc:
+        origin = "--model" if overrides.model else None
+        problems.append(_at(loaded, ("model", "source"), str(exc), origin))
+
+    from paqbench.data.resolve import check_dataset_name
+
+    dataset_problem = check_dataset_name(registry, suite.calibration.dataset)
+    if dataset_problem:
+        problems.append(loaded.problem(("calibration", "dataset"), dataset_problem))
+    for index, reporter in enumerate(suite.reporters):
+        _check_name(loaded, registry, "reporters", reporter, ("reporters", index), problems)
+
+    metrics = []
+    for index, metric in enumerate(suite.metrics):
+        path = ("metrics", index)
+        cls = _check_name(loaded, registry, "metrics", metric.name, (*path, "name"), problems)
+        if cls is None:
+            continue
+        params = _validate_params(loaded, cls, metric.params, (*path, "params"), problems)
+        if params is not None:
+            metrics.append({"name": metric.name, "params": params})
+
+    pipelines = [p for p in suite.pipelines if not overrides.only or p.name in overrides.only]
+    if overrides.only:
+        unknown = set(overrides.only) - {p.name for p in suite.pipelines} - {BASELINE}
+        for name in sorted(unknown):
+            known = [p.name for p in suite.pipelines]
+            problems.append(Problem(loaded.path, None, ("pipelines",),
+                                    str(UnknownNameError("pipelines", name, known)) + " (from --only)"))
+
+    common = {
+        "metrics": metrics,
+        "model": model.model_dump(),
+        "model_source": model_source,
+        "calibration": suite.calibration.model_dump(),
+        "seed": suite.seed,
+        "limit": overrides.limit,
+        "timeout": suite.runner.timeout,
+    }
+    runs = [RunSpec(name=BASELINE, pipeline=BASELINE, steps=[], **common)]
+    for pipeline in pipelines:
+        index = suite.pipelines.index(pipeline)
+        for steps, sweep in _expand_pipeline(loaded, registry, index, problems):
+            if not steps:
+                continue  # an empty pipeline is the baseline, which is always there
+            name = pipeline.name + (f"[{_sweep_label(sweep)}]" if sweep else "")
+            runs.append(RunSpec(name=name, pipeline=pipeline.name, steps=steps, sweep=sweep, **common))
+
+    if problems:
+        raise SuiteError(problems)
+    resolved = suite.model_dump()
+    resolved["model"] = common["model"]
+    return Plan(suite_name=suite.name, runs=runs, resolved_suite=resolved)
+
+
+def _at(loaded: LoadedSuite, path: tuple[str | int, ...], message: str, origin: str | None = None) -> Problem:
+    if origin:
+        return Problem(loaded.path, None, path, f"{message} (from {origin})")
+    return loaded.problem(path, message)
+
+
+def _check_name(loaded, registry, kind, name, path, problems) -> type | None:
+    try:
+        return registry.get(kind, name)
+    except UnknownNameError as exc:
+        problems.append(loaded.problem(path, str(exc)))
+        return None
+
+
+def _validate_params(
+    loaded: LoadedSuite, cls: type, params: dict[str, Any], path: tuple[str | int, ...], problems: list[Problem]
+) -> dict[str, Any] | None:
+    try:
+        validated = cls.Params.model_validate(params)
+    except pydantic.ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+            field_path = (*path, *loc)
+            if err["type"] == "extra_forbidden":
+                allowed = ", ".join(cls.Params.model_fields) or "none"
+                message = f"{cls.name} has no parameter {loc[-1]!r} (parameters: {allowed})"
+            elif err["type"] == "missing":
+                message = f"{cls.name} needs parameter {loc[-1]!r}"
+            else:
+                found = _dig(params, loc)
+                msg = err["msg"].removeprefix("Value error, ")
+                msg = "expected" + msg[len("Input should be"):] if msg.startswith("Input should be") else msg
+                message = f"{msg}; found {found!r}"
+            problems.append(loaded.problem(_yaml_path(loaded, field_path), message))
+        return None
+    return validated.model_dump(mode="json")
+
+
+def _dig(data: Any, loc: tuple[Any, ...]) -> Any:
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _yaml_path(loaded: LoadedSuite, path: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """Map a schema path onto the file when a step or metric used the shorthand form
+    (``- magnitude: {sparsity: 0.5}``) so the reported line is right."""
+    for container, key in (("steps", "method"), ("metrics", "name")):
+        for i in range(len(path) - 2):
+            if path[i] == container and i + 2 < len(path) and path[i + 2] == "params":
+                item = _dig(loaded.raw, path[: i + 2])
+                if isinstance(item, dict) and key not in item and len(item) == 1:
+                    (short,) = item
+                    return (*path[: i + 2], short, *path[i + 3:])
+    return path
+
+
+def _is_list_field(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple, set, frozenset):
+        return True
+    return any(_is_list_field(arg) for arg in typing.get_args(annotation)) if origin else False
+
+
+def _expand_pipeline(
+    loaded: LoadedSuite, registry: Registry, index: int, problems: list[Problem]
+) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
+    """All (steps, swept values) combinations of one pipeline."""
+    pipeline = loaded.suite.pipelines[index]
+    axes: list[tuple[int, str, list[Any]]] = []
+    classes = []
+    for step_index, step in enumerate(pipeline.steps):
+        path = ("pipelines", index, "steps", step_index)
+        cls = _check_name(loaded, registry, "methods", step.method, (*path, "method"), problems)
+        classes.append(cls)
+        if cls is None:
+            continue
+        for key, value in step.params.items():
+            model_field = cls.Params.model_fields.get(key)
+            if model_field is None or not isinstance(value, list):
+                continue
+            is_list = _is_list_field(model_field.annotation)
+            if not is_list or (value and all(isinstance(v, list) for v in value)):
+                if not value:
+                    problems.append(loaded.problem(_yaml_path(loaded, (*path, "params", key)),
+                                                   "an empty list sweeps over nothing"))
+                    continue
+                axes.append((step_index, key, value))
+    if any(cls is None for cls in classes):
+        return []
+
+    counts: dict[str, int] = {}
+    for _, key, _ in axes:
+        counts[key] = counts.get(key, 0) + 1
+
+    combos = []
+    for values in itertools.product(*(axis[2] for axis in axes)):
+        chosen = {(axis[0], axis[1]): value for axis, value in zip(axes, values, strict=True)}
+        steps = []
+        sweep: dict[str, Any] = {}
+        for step_index, (step, cls) in enumerate(zip(pipeline.steps, classes, strict=True)):
+            params = dict(step.params)
+            for (swept_step, key), value in chosen.items():
+                if swept_step == step_index:
+                    params[key] = value
+                    sweep[key if counts[key] == 1 else f"{step.method}.{key}"] = value
+            path = ("pipelines", index, "steps", step_index, "params")
+            validated = _validate_params(loaded, cls, params, path, problems)
+            if validated is None:
+                return []  # one bad combination is enough to report
+            steps.append({"method": step.method, "params": validated})
+        combos.append((steps, sweep))
+    return combos
+
+
+def _sweep_label(sweep: dict[str, Any]) -> str:
+    return ",".join(f"{key}={_short_value(value)}" for key, value in sweep.items())
+
+
+def _short_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "+".join(_short_value(v) for v in value)
+    return str(value)

@@ -1,0 +1,108 @@
+"""Run one run in a fresh spawned process: clean peak memory, crash isolation, and
+the child's traceback brought back to the parent."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from paqbench.planner import RunSpec
+from paqbench.runner.result import RunResult
+
+_SIGNAL_HINTS = {
+    signal.SIGKILL: "SIGKILL: usually the out-of-memory killer, or a kill from outside",
+    signal.SIGSEGV: "SIGSEGV: a crash in native code",
+    signal.SIGABRT: "SIGABRT: a native abort",
+}
+
+
+def _child(spec_dict: dict[str, Any], suite_name: str, scratch_root: str, log_level: int, conn) -> None:
+    import logging
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        from paqbench.runner.execute import execute_run
+
+        result = execute_run(RunSpec.from_dict(spec_dict), suite_name, Path(scratch_root))
+        conn.send(result.to_dict())
+    except BaseException as exc:  # report even import errors to the parent
+        conn.send({"__crash__": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))})
+    finally:
+        conn.close()
+
+
+def run_in_subprocess(
+    spec: RunSpec, suite_name: str, scratch_root: Path, timeout: float | None, log_level: int
+) -> RunResult:
+    ctx = mp.get_context("spawn")
+    parent_conn, child_conn = ctx.Pipe(duplex=False)
+    started = time.perf_counter()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    process = ctx.Process(
+        target=_child, args=(spec.to_dict(), suite_name, str(scratch_root), log_level, child_conn),
+        name=f"paqbench-run-{spec.config_hash}",
+    )
+    process.start()
+    child_conn.close()
+    payload: dict[str, Any] | None = None
+    try:
+        deadline = None if timeout is None else started + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.perf_counter())
+            if parent_conn.poll(min(remaining, 1.0) if remaining is not None else 1.0):
+                try:
+                    payload = parent_conn.recv()
+                except EOFError:
+                    payload = None
+                break
+            if not process.is_alive():
+                break
+            if deadline is not None and time.perf_counter() >= deadline:
+                _stop(process)
+                return _failed(spec, suite_name, started, started_at, "TimeoutError",
+                               f"run exceeded its timeout of {timeout:g} s and was stopped")
+        process.join(timeout=30)
+    except BaseException:
+        _stop(process)
+        raise
+    finally:
+        parent_conn.close()
+
+    if payload is None:
+        code = process.exitcode
+        if code is not None and code < 0:
+            sig = signal.Signals(-code)
+            hint = _SIGNAL_HINTS.get(sig, sig.name)
+            message = f"run process was killed by signal {-code} ({hint})"
+        else:
+            message = f"run process exited with code {code} before reporting a result"
+        return _failed(spec, suite_name, started, started_at, "ProcessDied", message)
+    if "__crash__" in payload:
+        return _failed(spec, suite_name, started, started_at, "ChildCrash",
+                       payload["__crash__"].strip().splitlines()[-1], payload["__crash__"])
+    return RunResult.from_dict(payload)
+
+
+def _stop(process) -> None:
+    if process.is_alive():
+        process.terminate()
+        process.join(timeout=10)
+    if process.is_alive():
+        process.kill()
+        process.join(timeout=10)
+
+
+def _failed(spec: RunSpec, suite_name: str, started: float, started_at: str, kind: str, message: str,
+            tb: str = "") -> RunResult:
+    return RunResult(
+        id=spec.config_hash, name=spec.name, pipeline=spec.pipeline, status="failed",
+        spec=spec.to_dict(), suite=suite_name, sweep=spec.sweep,
+        error={"type": kind, "message": message, "traceback": tb},
+        started_at=started_at, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        wall_s=time.perf_counter() - started,
+    )

@@ -1,0 +1,125 @@
+"""The suite file schema (pydantic): what a user may write, with defaults.
+
+Unknown keys are errors everywhere, like lm-eval task configs. Method and metric
+parameters are checked later, against each plugin's own ``Params`` schema, once the
+sweeps are expanded (see :mod:`paqbench.planner`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    """Which model to compress and how to load it."""
+
+    source: str = Field(
+        description="embedded name (smollm2-135m, tiny-random-llama), hub id, local "
+        "directory, or path to a .gguf file"
+    )
+    kind: Literal["auto", "hub", "local", "gguf", "named"] = Field(
+        "auto", description="how to read `source`; auto guesses from its form"
+    )
+    gguf_file: str | None = Field(None, description="GGUF file name inside a hub repo or directory")
+    revision: str | None = None
+    tokenizer: str | None = Field(None, description="load the tokenizer from here instead")
+    dtype: DType = Field("auto", description="auto: float32 on CPU, bfloat16 on CUDA")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps")
+    device_map: str | dict[str, Any] | None = None
+    trust_remote_code: bool = False
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="extra keyword arguments for from_pretrained"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"source": value} if isinstance(value, str) else value
+
+
+class CalibrationConfig(_Strict):
+    """Calibration data, drawn as in the GPTQ / SparseGPT / Wanda papers."""
+
+    dataset: str = "embedded"
+    split: str = "train"
+    n_samples: int = Field(128, gt=0)
+    seqlen: int = Field(2048, gt=1)
+    seed: int = 0
+
+
+class MetricConfig(_Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _shorthand(value, key="name")
+
+
+class StepConfig(_Strict):
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _shorthand(value, key="method")
+
+
+class PipelineConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
+    description: str = ""
+    steps: list[StepConfig] = Field(default_factory=list)
+
+
+class RunnerConfig(_Strict):
+    isolation: Literal["process", "in-process"] = "process"
+    timeout: float | None = Field(None, gt=0, description="seconds per run; none = no limit")
+
+
+class Suite(_Strict):
+    """A whole suite file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    description: str = ""
+    model: ModelConfig
+    seed: int = 0
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    metrics: list[MetricConfig] = Field(default_factory=list)
+    pipelines: list[PipelineConfig] = Field(default_factory=list)
+    reporters: list[str] = Field(default_factory=lambda: ["json", "markdown"])
+    output: str | None = Field(None, description="output directory; default reports/<name>")
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+
+    @field_validator("pipelines")
+    @classmethod
+    def _unique_pipeline_names(cls, pipelines: list[PipelineConfig]) -> list[PipelineConfig]:
+        seen: set[str] = set()
+        for pipeline in pipelines:
+            if pipeline.name in seen:
+                raise ValueError(f"pipeline name {pipeline.name!r} is used twice")
+            if pipeline.name == "baseline" and pipeline.steps:
+                raise ValueError("'baseline' is reserved for the uncompressed model")
+            seen.add(pipeline.name)
+        return pipelines
+
+
+def _shorthand(value: Any, key: str) -> Any:
+    """Accept ``magnitude`` and ``{magnitude: {sparsity: 0.5}}`` as well as the long form
+    ``{method: magnitude, params: {sparsity: 0.5}}``."""
+    if isinstance(value, str):
+        return {key: value}
+    if isinstance(value, dict) and len(value) == 1 and key not in value:
+        ((name, params),) = value.items()
+        if isinstance(name, str) and (params is None or isinstance(params, dict)):
+            return {key: name, "params": params or {}}
+    return value

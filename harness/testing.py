@@ -1,0 +1,81 @@
+"""pytest fixtures for plugin authors: test a method or metric offline in seconds.
+
+Enable them in a ``conftest.py``::
+
+    pytest_plugins = ["paqbench.testing"]
+
+Fixtures: ``tiny_llama`` (a fresh 2-layer random-weight Llama per test),
+``tiny_tokenizer`` (byte-level, built in code), ``calibration_batch`` (8 windows of 64
+tokens of the embedded text), and ``make_context`` (a :class:`paqbench.RunContext`
+factory wired to the registry, with calibration drawn from the embedded text).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from paqbench.context import RunContext
+from paqbench.models.embedded import byte_tokenizer, tiny_random_llama
+from paqbench.suite.schema import CalibrationConfig, ModelConfig
+
+
+def make_run_context(
+    tokenizer: Any,
+    scratch_dir: Path,
+    *,
+    n_samples: int = 8,
+    seqlen: int = 64,
+    dataset: str = "embedded",
+    limit: int | None = None,
+    seed: int = 0,
+    run_name: str = "test",
+) -> RunContext:
+    """A run context for calling ``Method.apply`` / ``Metric.measure`` directly."""
+    from paqbench.registry import get_registry
+
+    return RunContext(
+        run_name=run_name,
+        tokenizer=tokenizer,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        seed=seed,
+        scratch_dir=scratch_dir,
+        registry=get_registry(),
+        model_config=ModelConfig(source="tiny-random-llama"),
+        calibration_config=CalibrationConfig(dataset=dataset, n_samples=n_samples, seqlen=seqlen, seed=seed),
+        limit=limit,
+        current_step="1 (test)",
+    )
+
+
+@pytest.fixture
+def tiny_llama() -> torch.nn.Module:
+    """A fresh tiny Llama (2 layers, hidden 64, vocab 260) with seeded random weights."""
+    return tiny_random_llama(seed=0)
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    return byte_tokenizer()
+
+
+@pytest.fixture
+def make_context(tiny_tokenizer, tmp_path):
+    """Factory: ``make_context(n_samples=8, seqlen=64, ...)`` -> RunContext."""
+
+    def factory(**kwargs: Any) -> RunContext:
+        kwargs.setdefault("tokenizer", tiny_tokenizer)
+        tokenizer = kwargs.pop("tokenizer")
+        return make_run_context(tokenizer, tmp_path, **kwargs)
+
+    return factory
+
+
+@pytest.fixture
+def calibration_batch(make_context) -> torch.Tensor:
+    """``[8, 64]`` token ids drawn from the embedded calibration text."""
+    return torch.cat(make_context().calibration_batches(), dim=0)

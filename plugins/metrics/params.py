@@ -1,0 +1,78 @@
+"""Parameter counts: total, nonzero, sparsity, and bits per weight, overall and per
+module, so a method that silently skipped layers shows up in the report."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from paqbench import Metric, Params, hookimpl
+from paqbench.layers import layer_kind, select_targets
+
+
+class ParamsParams(Params):
+    per_module: bool = Field(True, description="record sparsity and bits of each targeted layer")
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int, int]:
+    """(total, nonzero, storage bits) over unique parameters and persistent buffers.
+
+    Tied weights count once. A compressed module may report its logical size itself by
+    defining ``paqbench_numel()`` and ``paqbench_storage_bits()``; then its own
+    tensors are not counted again.
+    """
+    total = nonzero = bits = 0
+    custom = [m for m in model.modules() if hasattr(m, "paqbench_numel")]
+    covered: set[int] = set()
+    for module in custom:
+        total += int(module.paqbench_numel())
+        nonzero += int(module.paqbench_nonzero())
+        bits += int(module.paqbench_storage_bits())
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            covered.add(id(tensor))
+    seen: set[int] = set()
+    for tensor in model.parameters():
+        if id(tensor) in seen or id(tensor) in covered:
+            continue
+        seen.add(id(tensor))
+        total += tensor.numel()
+        nonzero += int(torch.count_nonzero(tensor))
+        bits += tensor.numel() * tensor.element_size() * 8
+    return total, nonzero, bits
+
+
+class ParamsMetric(Metric):
+    name = "params"
+    description = "Total and nonzero parameters, overall sparsity, sparsity of the targeted linear layers, bits per weight."
+    Params = ParamsParams
+
+    @torch.no_grad()
+    def measure(self, model, params: ParamsParams, ctx):
+        total, nonzero, bits = count_parameters(model)
+        yield self.make("total", total, "params", None)
+        yield self.make("nonzero", nonzero, "params", "lower")
+        yield self.make("sparsity", 1 - nonzero / total, "fraction", None)
+        targets = select_targets(model)
+        per_module = {}
+        t_total = t_zero = 0
+        for name, module in targets.items():
+            weight = module.weight
+            zeros = int(weight.numel() - torch.count_nonzero(weight))
+            t_total += weight.numel()
+            t_zero += zeros
+            per_module[name] = {
+                "kind": layer_kind(module),
+                "shape": list(weight.shape),
+                "sparsity": zeros / weight.numel(),
+                "bits": weight.element_size() * 8,
+            }
+        yield self.make(
+            "linear_sparsity", t_zero / t_total, "fraction", None,
+            details={"per_module": per_module} if params.per_module else {},
+        )
+        yield self.make("bits_per_weight", bits / total, "bits", "lower")
+
+
+@hookimpl
+def paqbench_register_metrics(register):
+    register(ParamsMetric)

