@@ -71,15 +71,18 @@ def main() -> None:
 
 @main.command()
 @click.argument("suite", type=click.Path(dir_okay=False))
-@click.option("--output", "-o", type=click.Path(file_okay=False), help="Output directory (default: the suite's `output`, else reports/<suite name>).")
+@click.option("--output", "-o", type=click.Path(file_okay=False),
+              help="Output directory (default: the suite's `output`, else reports/<suite name>).")
 @click.option("--model", help="Replace the suite's model (e.g. smollm2-135m, a hub id, a path).")
 @click.option("--device", help="Replace the suite's device (cpu, cuda, cuda:1, auto).")
 @click.option("--limit", type=click.IntRange(min=1), help="Cap evaluation work (windows, examples) for a quick run.")
 @click.option("--only", multiple=True, help="Run only this pipeline (repeatable); the baseline always runs.")
-@click.option("--resume/--force", default=True, show_default=True, help="Skip runs already recorded in the output directory, or archive them and rerun everything.")
+@click.option("--resume/--force", default=True, show_default=True,
+              help="Skip runs already recorded in the output directory, or archive them and rerun everything.")
 @click.option("--dry-run", is_flag=True, help="Print the expanded plan and exit.")
 @click.option("--in-process", is_flag=True, help="Run in this process instead of one process per run (for debugging).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per run before it is stopped and recorded as failed.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds per run before it is stopped and recorded as failed.")
 @click.option("--verbose", "-v", count=True, help="Log progress (-v) or debug details (-vv).")
 def run(suite, output, model, device, limit, only, resume, dry_run, in_process, timeout, verbose):
     """Run SUITE: every pipeline, every metric, then write the reports."""

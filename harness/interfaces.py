@@ -181,7 +181,8 @@ class Measurement:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        return {k: v for k, v in data.items() if v not in (None, {}) or k in ("value",)}
+        optional = ("spread", "samples", "unavailable", "details")
+        return {k: v for k, v in data.items() if k not in optional or v not in (None, {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurement:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -36,10 +37,8 @@ class PeakMemory:
     def _rss(self) -> int:
         total = self._process.memory_info().rss
         for child in self._process.children(recursive=True):
-            try:
+            with contextlib.suppress(psutil.Error):
                 total += child.memory_info().rss
-            except psutil.Error:
-                pass
         return total
 
     def _sample(self) -> None:

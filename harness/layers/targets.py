@@ -56,7 +56,9 @@ def select_targets(model: nn.Module, pattern: str | None = None) -> dict[str, nn
         }
     if not selected:
         raise ValueError(
-            f"no linear layers match targets={pattern!r}" if pattern else "the model has no linear layers in its decoder blocks"
+            f"no linear layers match targets={pattern!r}"
+            if pattern
+            else "the model has no linear layers in its decoder blocks"
         )
     return selected
 

@@ -34,7 +34,7 @@ def resolve_source(config: ModelConfig, registry: Registry) -> str:
         _check_available(registry, config.kind, config)
         return config.kind
     path = Path(source).expanduser()
-    if path.is_file() and path.suffix == ".gguf" or config.gguf_file:
+    if (path.is_file() and path.suffix == ".gguf") or config.gguf_file:
         return "gguf"
     if path.is_dir():
         return "local"

@@ -152,7 +152,7 @@ def _execute(spec: RunSpec, registry: Registry, result: RunResult, scratch: Path
         record.wall_s = time.perf_counter() - began
     if failures:
         result.status = "failed"
-        name, exc = failures[0]
+        _, exc = failures[0]
         result.error = _error(exc)
         result.error["message"] = "; ".join(f"metric {n} failed: {e}" for n, e in failures)
 

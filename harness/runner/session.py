@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,8 +98,6 @@ def run_plan(
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
-        try:
+        with contextlib.suppress(OSError):
             scratch.rmdir()
-        except OSError:
-            pass
     return summary

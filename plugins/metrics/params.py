@@ -43,7 +43,9 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int, int]:
 
 class ParamsMetric(Metric):
     name = "params"
-    description = "Total and nonzero parameters, overall sparsity, sparsity of the targeted linear layers, bits per weight."
+    description = (
+        "Total and nonzero parameters, overall sparsity, sparsity of the targeted linear layers, bits per weight."
+    )
     Params = ParamsParams
 
     @torch.no_grad()

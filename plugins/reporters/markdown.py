@@ -149,7 +149,8 @@ class MarkdownReporter(Reporter):
         lines += [f"Model `{model}` · {len(report.runs)} runs · generated {report.generated_at}", ""]
         if report.missing:
             lines += [f"**Not yet run:** {', '.join(report.missing)} (run the suite again to resume).", ""]
-        lines += ["## Summary", "", "Changes in brackets are against the baseline: relative (%), or in percentage points (pp) for fractions.", "",
+        note = "Changes in brackets are against the baseline: relative (%), or in percentage points (pp) for fractions."
+        lines += ["## Summary", "", note, "",
                   summary_table(report.runs), "", legend(report.runs), "", "## Runs", ""]
         for run in report.runs:
             lines += run_details(run)

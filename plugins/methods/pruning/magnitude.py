@@ -38,9 +38,9 @@ class Magnitude(Method):
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)
         pruned = total = 0
-        for name, module in ctx.progress(targets.items(), "magnitude pruning", total=len(targets)):
+        for module in ctx.progress(targets.values(), "magnitude pruning", total=len(targets)):
             weight = module.weight
-            n_prune = int(round(params.sparsity * weight.numel()))
+            n_prune = round(params.sparsity * weight.numel())
             keep = torch.ones_like(weight, dtype=torch.bool)
             if n_prune > 0:
                 scores = weight.detach().abs().float()

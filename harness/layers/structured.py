@@ -1,0 +1,267 @@
+"""Structured pruning that really shrinks tensors.
+
+Removing whole input columns or output rows of a linear layer only saves memory and
+compute if the smaller matmul is what runs. Instead of a masked full-size weight, a
+pruned layer becomes a small *wrapper* around an ordinary, smaller layer:
+
+* :class:`InputSelect` keeps ``K`` of the ``in_features`` input channels: it gathers
+  them from the activation (``x.index_select(-1, index)``) and runs the inner layer,
+  whose weight is ``[out, K]``. The output shape is unchanged.
+* :class:`OutputScatter` keeps ``K`` of the ``out_features`` output channels: the inner
+  layer computes ``[..., K]`` and the result is scattered into zeros of the full width,
+  so the next layer and the residual stream see the shape they expect. A removed output
+  channel produces exactly 0, its bias included.
+
+Why a wrapper and not a new layer kind: the inner layer stays what it was (a dense
+``nn.Linear``, a masked one, or a quantized layer), with its own kind. So every later
+step of a pipeline (GPTQ, RTN, magnitude, another structured pass) finds it with
+:func:`paqbench.layers.select_targets` and compresses it unchanged, and the params
+metric reports its real, smaller shape. The wrapper itself is not a target (it declares
+no layer kind); it holds only the kept index, a persistent ``int64`` buffer, so a
+safetensors checkpoint stores the smaller weight plus the index. Pruning a layer that
+already sits inside a wrapper of the same direction folds the two indices into one
+wrapper, so repeated pruning never stacks gathers. The index buffers are named
+``input_index`` / ``output_index``, so :func:`rebuild_structured` can put the wrappers
+back into a fresh model before ``load_state_dict`` reads a saved checkpoint.
+
+A quantized layer is pruned through its own editing methods (``dequantize()`` for the
+norms, ``select_input_features(index)`` / ``select_output_features(index)`` to slice
+codes, scales, zero points, group index and bias consistently, in place), then wrapped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+from torch import nn
+
+from paqbench.layers.kinds import UnsupportedLayerError, layer_kind
+from paqbench.layers.sparsity import get_mask, set_mask
+
+Dim = Literal["input", "output"]
+Norm = Literal["l1", "l2"]
+
+#: What a quantized layer must provide to be pruned structurally.
+QUANTIZED_EDITING_METHODS = ("dequantize", "select_input_features", "select_output_features")
+
+
+def kept_count(channels: int, ratio: float) -> int:
+    """Channels kept when ``ratio`` of ``channels`` are removed: ``channels -
+    round(ratio * channels)``, the count ``torch.nn.utils.prune.ln_structured`` uses."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+    return channels - round(ratio * channels)
+
+
+def channel_norms(weight: torch.Tensor, dim: Dim, norm: Norm = "l1") -> torch.Tensor:
+    """Norm of each input column (``dim="input"``, shape ``[in]``) or each output row
+    (``dim="output"``, shape ``[out]``) of a ``[out, in]`` weight, in float32."""
+    order = {"l1": 1, "l2": 2}[norm]
+    reduce_over = 0 if dim == "input" else 1
+    return torch.linalg.vector_norm(weight.detach().float(), ord=order, dim=reduce_over)
+
+
+def select_channels(
+    weight: torch.Tensor, dim: Dim, ratio: float, norm: Norm = "l1"
+) -> torch.Tensor:
+    """Ascending ``int64`` indices of the channels to keep: the ``kept_count`` channels
+    with the largest norm. Ascending order keeps the gather memory-friendly."""
+    scores = channel_norms(weight, dim, norm)
+    keep = kept_count(scores.numel(), ratio)
+    if keep == 0:
+        raise ValueError(f"ratio {ratio} would remove all {scores.numel()} {dim} channels")
+    top = torch.topk(scores, keep, largest=True, sorted=False).indices
+    return torch.sort(top).values.to(torch.int64)
+
+
+class _ChannelSelection(nn.Module):
+    """Shared shape of the two wrappers: an inner layer, the kept channel index (a
+    persistent ``int64`` buffer named after the direction, so a checkpoint says which
+    wrapper to rebuild), and the layer's logical ``in_features`` / ``out_features``."""
+
+    INDEX_BUFFER: str
+
+    def __init__(
+        self, layer: nn.Module, index: torch.Tensor, in_features: int, out_features: int
+    ) -> None:
+        super().__init__()
+        self.layer = layer
+        self.in_features = in_features
+        self.out_features = out_features
+        self.register_buffer(self.INDEX_BUFFER, index.to(torch.int64), persistent=True)
+
+    @property
+    def index(self) -> torch.Tensor:
+        """The kept channels, ascending."""
+        return getattr(self, self.INDEX_BUFFER)
+
+
+class InputSelect(_ChannelSelection):
+    """``y = layer(x[..., index])``: a linear layer that reads only the kept input
+    channels. ``in_features`` is the width the model feeds in; the inner layer's is
+    ``len(index)``."""
+
+    INDEX_BUFFER = "input_index"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x.index_select(-1, self.index))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, kept={self.index.numel()}"
+
+
+class OutputScatter(_ChannelSelection):
+    """``y = zeros(out_features); y[..., index] = layer(x)``: a linear layer that computes
+    only the kept output channels; removed channels are exactly 0 (bias included)."""
+
+    INDEX_BUFFER = "output_index"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kept = self.layer(x)
+        full = kept.new_zeros(*kept.shape[:-1], self.out_features)
+        return full.index_copy(-1, self.index, kept)
+
+    def extra_repr(self) -> str:
+        return f"out_features={self.out_features}, kept={self.index.numel()}"
+
+
+_WRAPPERS: dict[str, type[_ChannelSelection]] = {
+    InputSelect.INDEX_BUFFER: InputSelect,
+    OutputScatter.INDEX_BUFFER: OutputScatter,
+}
+
+
+def is_quantized_editable(module: nn.Module) -> bool:
+    """Whether a quantized layer offers the editing methods structured pruning needs."""
+    return all(callable(getattr(module, name, None)) for name in QUANTIZED_EDITING_METHODS)
+
+
+def logical_weight(module: nn.Module, name: str = "", step: str | None = None) -> torch.Tensor:
+    """The ``[out, in]`` float weight the layer computes with: ``weight`` of a dense or
+    masked Linear, ``dequantize()`` of a quantized layer."""
+    kind = layer_kind(module)
+    if kind in ("dense", "pruned"):
+        return module.weight
+    if kind == "quantized" and is_quantized_editable(module):
+        return module.dequantize()
+    where = f"step {step}" if step else "structured pruning"
+    missing = [m for m in QUANTIZED_EDITING_METHODS if not callable(getattr(module, m, None))]
+    raise UnsupportedLayerError(
+        f"{where} cannot prune layer {name!r} structurally: it is {kind} ({type(module).__name__})"
+        + (f" without {', '.join(missing)}()" if kind == "quantized" else "")
+        + ". Reorder the pipeline, or narrow the method's `targets`."
+    )
+
+
+@torch.no_grad()
+def _slice_linear(linear: nn.Linear, index: torch.Tensor, dim: Dim) -> nn.Linear:
+    """A new, smaller ``nn.Linear`` holding the kept columns or rows (and their mask)."""
+    weight = linear.weight
+    index = index.to(weight.device)
+    if dim == "input":
+        new_weight, bias = weight.index_select(1, index), linear.bias
+        out_features, in_features = weight.shape[0], index.numel()
+    else:
+        new_weight = weight.index_select(0, index)
+        bias = linear.bias.index_select(0, index) if linear.bias is not None else None
+        out_features, in_features = index.numel(), weight.shape[1]
+    small = nn.utils.skip_init(
+        nn.Linear, in_features, out_features, bias=bias is not None,
+        device=weight.device, dtype=weight.dtype,
+    )
+    small.weight.copy_(new_weight)
+    small.weight.requires_grad_(weight.requires_grad)
+    if bias is not None:
+        small.bias.copy_(bias)
+        small.bias.requires_grad_(linear.bias.requires_grad)
+    mask = get_mask(linear)
+    if mask is not None:  # a masked weight stays masked: later steps keep its zeros
+        set_mask(small, mask.index_select(1 if dim == "input" else 0, index))
+    return small
+
+
+def prune_channels(
+    module: nn.Module, index: torch.Tensor, dim: Dim, shape: tuple[int, int] | None = None
+) -> InputSelect | OutputScatter:
+    """Keep only the channels ``index`` of ``module`` along ``dim`` and return the
+    wrapper that replaces it. A quantized layer is edited in place and wrapped; a dense
+    or masked Linear is replaced by a smaller Linear inside the wrapper. ``shape`` is the
+    layer's ``[out, in]`` when the caller already knows it (saves a dequantization)."""
+    out_features, in_features = shape if shape is not None else logical_weight(module).shape
+    index = index.to(torch.int64)
+    if layer_kind(module) == "quantized":
+        if dim == "input":
+            module.select_input_features(index)
+        else:
+            module.select_output_features(index)
+        inner = module
+    else:
+        inner = _slice_linear(module, index, dim)
+        index = index.to(module.weight.device)
+    wrapper = InputSelect if dim == "input" else OutputScatter
+    return wrapper(inner, index, in_features, out_features)
+
+
+def install(model: nn.Module, name: str, replacement: InputSelect | OutputScatter) -> nn.Module:
+    """Put ``replacement`` where ``name`` was and return what now sits there.
+
+    When ``name`` is already the inner layer of a wrapper of the same direction, the
+    indices fold into that wrapper (``outer.index[inner.index]``) instead of stacking a
+    second gather or scatter."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if child == "layer" and type(parent) is type(replacement):
+        folded = parent.index.index_select(0, replacement.index.to(parent.index.device))
+        setattr(parent, parent.INDEX_BUFFER, folded)
+        parent.layer = replacement.layer
+        return parent
+    setattr(parent, child, replacement)
+    return replacement
+
+
+
+def rebuild_structured(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Put empty wrappers of the saved shapes into ``model`` (the original architecture)
+    wherever ``state_dict`` holds a kept index, so that ``load_state_dict`` can fill it;
+    returns their names. Outer wrappers are rebuilt before inner ones. The inner layer is
+    an ``nn.Linear`` placeholder: a quantized one is swapped in afterwards by
+    :func:`paqbench.quant.linear.replace_with_quantized` (it finds ``<name>.layer.qmeta``).
+    """
+    found = [
+        (key.rpartition(".")[0], buffer)
+        for key in state_dict
+        for buffer in _WRAPPERS
+        if key.endswith("." + buffer)
+    ]
+    rebuilt = []
+    for name, buffer in sorted(found, key=lambda item: item[0].count(".")):
+        current = model.get_submodule(name)
+        in_features, out_features = _logical_shape(current)
+        index = state_dict[f"{name}.{buffer}"]
+        reference = next(current.parameters(), None)
+        device = reference.device if reference is not None else index.device
+        dtype = reference.dtype if reference is not None else torch.float32
+        kept = index.numel()
+        if buffer == InputSelect.INDEX_BUFFER:
+            inner_in, inner_out = kept, out_features
+        else:
+            inner_in, inner_out = in_features, kept
+        has_bias = f"{name}.layer.bias" in state_dict
+        placeholder = nn.utils.skip_init(
+            nn.Linear, inner_in, inner_out, bias=has_bias, device=device, dtype=dtype
+        )
+        wrapper = _WRAPPERS[buffer](placeholder, index.to(device), in_features, out_features)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, wrapper)
+        rebuilt.append(name)
+    return rebuilt
+
+
+def _logical_shape(module: nn.Module) -> tuple[int, int]:
+    in_features = getattr(module, "in_features", None)
+    out_features = getattr(module, "out_features", None)
+    if in_features is None or out_features is None:
+        raise ValueError(f"cannot tell the width of {type(module).__name__} to rebuild it")
+    return int(in_features), int(out_features)

@@ -1,0 +1,66 @@
+"""params and storage arithmetic on models whose answers are known."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from paqbench.plugins.metrics.params import ParamsMetric, count_parameters
+from paqbench.plugins.metrics.storage import Storage
+
+
+class TwoLayers(nn.Module):
+    """A known tensor set: 6x4 + 4 (bias) + 3x6 weights, fp32."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 6)
+        self.b = nn.Linear(6, 3, bias=False)
+
+
+def test_count_parameters_of_known_module():
+    model = TwoLayers()
+    with torch.no_grad():
+        model.b.weight[0].zero_()
+    total, nonzero, bits = count_parameters(model)
+    assert total == 24 + 6 + 18
+    assert nonzero == total - 6
+    assert bits == total * 32
+
+
+def test_tied_weights_count_once(tiny_llama):
+    tiny_llama.lm_head.weight = tiny_llama.model.embed_tokens.weight
+    total, _, _ = count_parameters(tiny_llama)
+    assert total == sum(p.numel() for p in tiny_llama.parameters())  # parameters() dedupes
+    assert total < sum(p.numel() for _, p in tiny_llama.named_parameters(remove_duplicate=False))
+
+
+def test_params_metric_reports_per_module_sparsity(tiny_llama, make_context):
+    up = tiny_llama.model.layers[1].mlp.up_proj.weight  # [176, 64]
+    with torch.no_grad():
+        up[:, :16].zero_()  # a quarter of the input columns
+    values = {m.name: m for m in ParamsMetric().measure(tiny_llama, ParamsMetric.Params(), make_context())}
+    per_module = values["linear_sparsity"].details["per_module"]
+    assert per_module["model.layers.1.mlp.up_proj"]["sparsity"] == 0.25
+    assert per_module["model.layers.0.mlp.up_proj"]["sparsity"] == 0.0
+    assert values["bits_per_weight"].value == 32.0
+    decoder_linears = {
+        name for name, m in tiny_llama.named_modules() if isinstance(m, nn.Linear) and ".layers." in name
+    }
+    assert set(per_module) == decoder_linears and len(decoder_linears) == 14
+    linear_total = sum(m.weight.numel() for n, m in tiny_llama.named_modules() if n in decoder_linears)
+    assert values["linear_sparsity"].value == pytest.approx(176 * 16 / linear_total)
+
+
+def test_storage_counts_the_saved_safetensors_bytes(tiny_llama, make_context):
+    ctx = make_context()
+    values = {m.name: m for m in Storage().measure(tiny_llama, Storage.Params(), ctx)}
+    n_params = sum(p.numel() for p in tiny_llama.parameters())
+    # safetensors = 8-byte header length + JSON header + raw tensor bytes
+    raw = n_params * 4
+    assert raw < values["checkpoint"].value < raw + 64 * 1024
+    assert values["bits_per_weight"].value == pytest.approx(32, rel=0.02)
+    half = {m.name: m for m in Storage().measure(tiny_llama, Storage.Params(dtype="float16"), ctx)}
+    assert half["checkpoint"].value == pytest.approx(values["checkpoint"].value / 2, rel=0.05)
+    assert not any(ctx.scratch_dir.iterdir())  # the checkpoint is cleaned up
