@@ -66,11 +66,13 @@ class TinyRandomLlamaSource(ModelSource):
     name = "tiny-random-llama"
     description = (
         "A 2-layer Llama (hidden 64) with random weights from a fixed seed and a "
-        "byte-level tokenizer: for fast tests, not for meaningful numbers."
+        "byte-level tokenizer: for fast tests, not for meaningful numbers. model.options "
+        "override its LlamaConfig (e.g. hidden_size, num_hidden_layers) to build a random "
+        "model of any shape for timing studies."
     )
 
     def load(self, config: Any, ctx: Any):
-        model = tiny_random_llama(seed=0, dtype=ctx.dtype).to(ctx.device)
+        model = tiny_random_llama(seed=0, dtype=ctx.dtype, **config.options).to(ctx.device)
         return model, byte_tokenizer()
 
 

@@ -1,0 +1,195 @@
+"""Energy of generation: joules per generated token and average power over a window of
+greedy generate calls (the latency metric's calls).
+
+The energy comes from a hardware counter read before and after the window: on an NVIDIA
+GPU the driver's total energy counter (NVML, millijoules), for a model on the CPU the RAPL
+package counters (``/sys/class/powercap/intel-rapl:N/energy_uj``, microjoules). Both
+count the whole device (a GPU's idle power and every process on it; a CPU socket's cores
+and uncore, not DRAM), so a long enough window on an otherwise quiet machine is what makes
+the number mean something. Where neither counter can be read the measurements are
+unavailable with the reason, never zero.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import Field
+
+from paqbench import Metric, Params, Unavailable, hookimpl, nvml
+from paqbench.plugins.metrics.latency import (
+    Clock,
+    eval_mode,
+    generation_loop,
+    input_device,
+    iteration_bounds,
+    prepare_generation,
+    timed_generate,
+)
+
+#: Where Linux exposes RAPL; a module attribute so tests can point it at a fake tree.
+POWERCAP_ROOT = Path("/sys/class/powercap")
+_PACKAGE_ZONE = re.compile(r"intel-rapl:\d+")
+
+
+class EnergyParams(Params):
+    prompt_tokens: int = Field(128, gt=0, description="prompt length in tokens")
+    new_tokens: int = Field(128, ge=1, description="tokens generated per call")
+    batch_size: int = Field(1, gt=0, description="rows per generate call")
+    warmup: int = Field(1, ge=0, description="untimed generate calls before the window")
+    min_iterations: int = Field(3, ge=1, description="at least this many calls in the window")
+    min_seconds: float = Field(
+        5.0, ge=0, description="window of at least this many seconds (counters tick every 1-100 ms)"
+    )
+    max_iterations: int | None = Field(
+        None, gt=0, description="never more calls than this (--limit also caps)"
+    )
+    dataset: str = Field("embedded", description="dataset the prompt text is taken from")
+    split: str = Field("test", description="split of that dataset")
+
+
+@dataclass
+class EnergyCounter:
+    """A cumulative energy counter: ``read()`` gives raw values, ``joules(before, after)``
+    the energy between two reads (handling wrap-around where the counter has one)."""
+
+    source: str
+    scope: str
+    read: Callable[[], list[int]]
+    joules: Callable[[list[int], list[int]], float]
+
+
+def nvml_counter(cuda_index: int) -> EnergyCounter | str:
+    """The GPU's NVML total energy counter, or why it cannot be read."""
+    first = nvml.energy_mj(cuda_index)
+    if not first.ok:
+        return f"NVML not available: {first.reason}"
+
+    def read() -> list[int]:
+        reading = nvml.energy_mj(cuda_index)
+        if not reading.ok:
+            raise Unavailable(f"NVML energy counter failed mid-window: {reading.reason}")
+        return [int(reading.value)]
+
+    name = nvml.device_name(cuda_index)
+    return EnergyCounter(
+        source=f"NVML total energy counter of cuda:{cuda_index}"
+        + (f" ({name.value})" if name.ok else ""),
+        scope="the whole GPU: its idle power and every process on it",
+        read=read,
+        joules=lambda before, after: (after[0] - before[0]) / 1000.0,
+    )
+
+
+def rapl_counter(root: Path | None = None) -> EnergyCounter | str:
+    """The sum of the RAPL package zones (``intel-rapl:N``) under ``root``, or why they
+    cannot be read. Each zone's counter wraps at ``max_energy_range_uj``."""
+    root = POWERCAP_ROOT if root is None else root
+    try:
+        zones = sorted(p for p in root.iterdir() if _PACKAGE_ZONE.fullmatch(p.name))
+    except OSError as exc:
+        return f"RAPL not readable: {root} ({exc.strerror or exc})"
+    if not zones:
+        return f"RAPL not readable: no intel-rapl:N package zone under {root}"
+    ranges = []
+    for zone in zones:
+        try:
+            int((zone / "energy_uj").read_text())
+            ranges.append(int((zone / "max_energy_range_uj").read_text()))
+        except (OSError, ValueError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            return f"RAPL not readable: {zone / 'energy_uj'} ({why})"
+
+    def read() -> list[int]:
+        return [int((zone / "energy_uj").read_text()) for zone in zones]
+
+    def joules(before: list[int], after: list[int]) -> float:
+        return sum((a - b) % (r + 1) for a, b, r in zip(after, before, ranges, strict=True)) / 1e6
+
+    return EnergyCounter(
+        source=f"RAPL {', '.join(z.name for z in zones)} ({root})",
+        scope="the CPU package(s): all cores and uncore, every process; not DRAM",
+        read=read,
+        joules=joules,
+    )
+
+
+def energy_counter(device: torch.device) -> EnergyCounter | str:
+    """The counter that sees the device the model runs on: NVML for a CUDA device, RAPL
+    for a CPU. A string is the reason there is none."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return nvml_counter(index)
+    if device.type == "cpu":
+        counter = rapl_counter()
+        if isinstance(counter, str):
+            return f"{counter}; NVML measures GPUs only and the model runs on cpu"
+        return counter
+    return f"no energy counter for device type {device.type!r} (NVML: cuda, RAPL: cpu)"
+
+
+class Energy(Metric):
+    name = "energy"
+    description = (
+        "Energy of greedy generation: joules per generated token and average watts over a window "
+        "of generate calls (at least min_iterations calls and min_seconds), from the GPU's NVML "
+        "energy counter or, for a CPU model, the RAPL package counters; unavailable with the "
+        "reason where neither is readable. The counters see the whole device. Params: "
+        "prompt_tokens, new_tokens, batch_size, warmup, min_iterations, min_seconds, "
+        "max_iterations, dataset, split. Cost: warmup + window generate calls."
+    )
+    Params = EnergyParams
+
+    def measure(self, model, params: EnergyParams, ctx):
+        counter = energy_counter(input_device(model))
+        if isinstance(counter, str):
+            yield from self._unavailable(counter)
+            return
+        setup = prepare_generation(
+            model, ctx, prompt_tokens=params.prompt_tokens, new_tokens=params.new_tokens,
+            batch_size=params.batch_size, dataset=params.dataset, split=params.split,
+        )
+        clock = Clock(setup.device)
+        min_iterations, cap = iteration_bounds(
+            params.min_iterations, params.max_iterations, ctx.limit
+        )
+        with eval_mode(model):
+            for _ in range(params.warmup):
+                timed_generate(model, setup, clock)
+            clock.sync()
+            before, began = counter.read(), time.perf_counter()
+            timings, _ = generation_loop(model, setup, clock, min_iterations=min_iterations,
+                                         min_seconds=params.min_seconds, max_iterations=cap)
+            after, wall_s = counter.read(), time.perf_counter() - began
+
+        joules = counter.joules(before, after)
+        if joules <= 0:
+            yield from self._unavailable(
+                f"the energy counter ({counter.source}) did not advance over a {wall_s:.3f} s "
+                "window; use a longer window (min_seconds)"
+            )
+            return
+        tokens = len(timings) * params.batch_size * params.new_tokens
+        details = setup.describe(model) | {
+            "counter": counter.source, "counts": counter.scope, "window_s": wall_s,
+            "window_joules": joules, "iterations": len(timings), "generated_tokens": tokens,
+            "warmup": params.warmup,
+            "per_token": "energy of whole generate calls (prefill and decode) / generated tokens",
+        }
+        yield self.make("joules_per_token", joules / tokens, "J/token", "lower", details=details)
+        yield self.make("average_watts", joules / wall_s, "W", None, details=details)
+
+    def _unavailable(self, reason: str):
+        # unit and direction kept, so a report can still label the column
+        yield self.make("joules_per_token", None, "J/token", "lower", unavailable=reason)
+        yield self.make("average_watts", None, "W", None, unavailable=reason)
+
+
+@hookimpl
+def paqbench_register_metrics(register):
+    register(Energy)
