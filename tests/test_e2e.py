@@ -38,6 +38,9 @@ def test_quickstart_on_the_embedded_model(tmp_path):
         assert runs[f"magnitude[sparsity={s}]"]["params/linear_sparsity"] == pytest.approx(s, abs=1e-4)
     # fp32 checkpoint: 4 bytes per weight, embeddings tied
     assert base["storage/checkpoint"] == pytest.approx(4 * base["params/total"], rel=0.01)
+    assert 0 <= base["race/high/acc"] <= 1
+    assert base["latency/decode_tokens_per_s"] > 0 and base["latency/ttft"] > 0
+    assert base["memory/peak_rss"] > base["memory/weights"] > 500_000_000
     md = (out / "report.md").read_text()
     assert md.index("| baseline") < md.index("| magnitude[sparsity=0.1]")
     assert "perplexity embedded" in md

@@ -64,3 +64,15 @@ def test_storage_counts_the_saved_safetensors_bytes(tiny_llama, make_context):
     half = {m.name: m for m in Storage().measure(tiny_llama, Storage.Params(dtype="float16"), ctx)}
     assert half["checkpoint"].value == pytest.approx(values["checkpoint"].value / 2, rel=0.05)
     assert not any(ctx.scratch_dir.iterdir())  # the checkpoint is cleaned up
+
+
+@pytest.mark.realmodel
+def test_storage_of_the_gguf_loaded_embedded_model(smollm2, tmp_path):
+    """transformers keeps a GGUF quantizer on the dequantized model and would refuse to
+    save it; the loader drops it, so storage measures the float checkpoint."""
+    from paqbench.testing import make_run_context
+
+    model, tokenizer = smollm2
+    values = {m.name: m for m in Storage().measure(model, Storage.Params(), make_run_context(tokenizer, tmp_path))}
+    total, _, _ = count_parameters(model)
+    assert values["checkpoint"].value == pytest.approx(4 * total, rel=0.001)

@@ -44,6 +44,8 @@ def load_pretrained(
     if config.device_map is None:
         model = model.to(device)
     model.eval()
+    if gguf_file:
+        _forget_gguf_quantizer(model)
     tokenizer_path = config.tokenizer or path
     tokenizer_kwargs = dict(common)
     if config.tokenizer:
@@ -51,6 +53,15 @@ def load_pretrained(
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **tokenizer_kwargs)
     prepare_tokenizer(tokenizer)
     return model, tokenizer
+
+
+def _forget_gguf_quantizer(model: torch.nn.Module) -> None:
+    """A GGUF checkpoint is dequantized to ordinary float tensors on load, but
+    transformers keeps its GGUF quantizer attached and then refuses save_pretrained.
+    The weights in memory are plain floats, so the model is saved as what it now is."""
+    model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
 
 
 def prepare_tokenizer(tokenizer: Any) -> Any:

@@ -4,6 +4,7 @@ the child's traceback brought back to the parent."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 import time
 import traceback
@@ -21,8 +22,25 @@ _SIGNAL_HINTS = {
 }
 
 
-def _child(spec_dict: dict[str, Any], suite_name: str, scratch_root: str, log_level: int, conn) -> None:
+def _exit_with_parent(parent_pid: int) -> None:
+    """A run whose parent died (killed suite) has nobody to report to: stop burning CPU."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="paqbench-parent-watch").start()
+
+
+def _child(
+    spec_dict: dict[str, Any], suite_name: str, scratch_root: str, log_level: int, conn, parent_pid: int
+) -> None:
     import logging
+
+    _exit_with_parent(parent_pid)
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
@@ -44,7 +62,8 @@ def run_in_subprocess(
     started = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     process = ctx.Process(
-        target=_child, args=(spec.to_dict(), suite_name, str(scratch_root), log_level, child_conn),
+        target=_child,
+        args=(spec.to_dict(), suite_name, str(scratch_root), log_level, child_conn, os.getpid()),
         name=f"paqbench-run-{spec.config_hash}",
     )
     process.start()

@@ -15,10 +15,11 @@ class ParamsParams(Params):
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int, int]:
-    """(total, nonzero, storage bits) over unique parameters and persistent buffers.
+    """(total, nonzero, storage bits) over the unique parameters.
 
     Tied weights count once. A compressed module may report its logical size itself by
-    defining ``paqbench_numel()`` and ``paqbench_storage_bits()``; then its own
+    defining ``paqbench_numel()``, ``paqbench_nonzero()`` and ``paqbench_storage_bits()``
+    (packed codes, scales and zero points are buffers, not parameters); then its own
     tensors are not counted again.
     """
     total = nonzero = bits = 0
@@ -41,6 +42,23 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int, int]:
     return total, nonzero, bits
 
 
+def _layer_counts(module: torch.nn.Module) -> tuple[int, int, int]:
+    """(logical weights, zero weights, storage bits) of one target layer."""
+    if hasattr(module, "paqbench_numel"):
+        numel = int(module.paqbench_numel())
+        return numel, numel - int(module.paqbench_nonzero()), int(module.paqbench_storage_bits())
+    weight = module.weight
+    zeros = int(weight.numel() - torch.count_nonzero(weight))
+    return weight.numel(), zeros, weight.numel() * weight.element_size() * 8
+
+
+def _shape(module: torch.nn.Module) -> list[int]:
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return list(weight.shape)
+    return [int(getattr(module, "out_features", 0)), int(getattr(module, "in_features", 0))]
+
+
 class ParamsMetric(Metric):
     name = "params"
     description = (
@@ -58,15 +76,14 @@ class ParamsMetric(Metric):
         per_module = {}
         t_total = t_zero = 0
         for name, module in targets.items():
-            weight = module.weight
-            zeros = int(weight.numel() - torch.count_nonzero(weight))
-            t_total += weight.numel()
+            numel, zeros, layer_bits = _layer_counts(module)
+            t_total += numel
             t_zero += zeros
             per_module[name] = {
                 "kind": layer_kind(module),
-                "shape": list(weight.shape),
-                "sparsity": zeros / weight.numel(),
-                "bits": weight.element_size() * 8,
+                "shape": _shape(module),
+                "sparsity": zeros / numel,
+                "bits": layer_bits / numel,
             }
         yield self.make(
             "linear_sparsity", t_zero / t_total, "fraction", None,

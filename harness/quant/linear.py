@@ -1,0 +1,410 @@
+"""The quantized linear layer of the compressed-layer contract.
+
+:class:`QuantizedLinear` replaces ``nn.Linear``. It stores what a quantized checkpoint
+really holds, as persistent buffers, so ``save_pretrained`` writes the packed bytes:
+
+==========  ========  ===================================================================
+buffer      dtype     shape and meaning
+==========  ========  ===================================================================
+qweight     uint8     ``[out, ceil(in * bits / 8)]`` codes packed along the input dim
+qzeros      uint8     ``[out, ceil(G * bits / 8)]`` zero points (codes), packed likewise
+scales      float16   ``[out, G]`` one scale per output row and group
+g_idx       int32     ``[in]`` the group of each input column
+qmeta       int32     ``[bits, group_size, symmetric, in_features, out_features]``
+bias        (param)   ``[out]`` when the original layer had one
+==========  ========  ===================================================================
+
+``W[o, i] = (code[o, i] - zero[o, g_idx[i]]) * scale[o, g_idx[i]]``; see
+:mod:`paqbench.quant.quantizer` for how grids are chosen. ``g_idx`` is the authority on
+groups: after act-order or structured input slicing the groups are no longer
+contiguous runs of ``group_size`` (which then only records how the layer was quantized).
+
+Forward: the reference path dequantizes the whole weight on every call (nothing is
+cached, so the layer's memory is its packed size; the float weight exists only during
+the call), then ``F.linear``. A fast path (:mod:`paqbench.quant.kernels`) is used where
+one applies; ``kernel`` names the path in use.
+
+Pruning a quantized layer edits the codes: :meth:`QuantizedLinear.zero_weights`,
+:meth:`QuantizedLinear.select_input_features`,
+:meth:`QuantizedLinear.select_output_features`.
+
+Loading a saved model back: build the architecture (``from_config`` or the original
+checkpoint), then :func:`load_quantized` (``replace_with_quantized`` + ``load_state_dict``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from paqbench.layers.sparsity import MASK_BUFFER, get_mask
+from paqbench.quant import kernels
+from paqbench.quant.packing import pack, packed_length, unpack
+from paqbench.quant.quantizer import (
+    SCALE_DTYPE,
+    QuantConfig,
+    QuantizedWeight,
+    dequantize,
+    keep_mask,
+    quantize_rtn,
+)
+
+_BUFFERS = ("qweight", "qzeros", "scales", "g_idx", "qmeta")
+
+
+class QuantizedLinear(nn.Module):
+    """A linear layer whose weight is stored as packed low-bit codes."""
+
+    paqbench_layer_kind = "quantized"
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bits: int,
+        group_size: int = -1,
+        symmetric: bool = False,
+        *,
+        n_groups: int | None = None,
+        bias: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        """An empty layer of the given layout (codes zero, scales one), ready for
+        ``load_state_dict``; use :meth:`from_quantized` or :meth:`from_linear` to fill one."""
+        super().__init__()
+        config = QuantConfig(bits=bits, group_size=group_size, symmetric=symmetric)
+        groups = n_groups if n_groups is not None else config.n_groups(in_features)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.bits = bits
+        self.group_size = group_size
+        self.symmetric = symmetric
+        self.register_buffer(
+            "qweight", torch.zeros(out_features, packed_length(in_features, bits), dtype=torch.uint8, device=device)
+        )
+        self.register_buffer(
+            "qzeros", torch.zeros(out_features, packed_length(groups, bits), dtype=torch.uint8, device=device)
+        )
+        self.register_buffer("scales", torch.ones(out_features, groups, dtype=SCALE_DTYPE, device=device))
+        g_idx = config.group_index(in_features, device=device)
+        if groups != config.n_groups(in_features):
+            g_idx = torch.zeros(in_features, dtype=torch.int32, device=device)
+        self.register_buffer("g_idx", g_idx)
+        self.register_buffer("qmeta", torch.zeros(5, dtype=torch.int32, device=device))
+        self._write_meta()
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device))
+        else:
+            self.register_parameter("bias", None)
+        #: The forward path in use: "reference" or a fast kernel's name.
+        self.kernel = kernels.REFERENCE
+        self._kernel: kernels.Kernel | None = None
+        self._kernel_key: tuple[torch.device, torch.dtype] | None = None
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def from_quantized(
+        cls,
+        quantized: QuantizedWeight,
+        bias: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> QuantizedLinear:
+        """Pack ``quantized`` into a layer. ``mask`` (a recorded pruning keep-mask) is
+        carried over so later pruning steps see it; ``dtype`` is the model's dtype (of the
+        bias, and of the activations the fast path is chosen for)."""
+        out_features, in_features = quantized.codes.shape
+        config = quantized.config
+        device = quantized.codes.device
+        layer = cls(
+            in_features, out_features, config.bits, config.group_size, config.symmetric,
+            n_groups=quantized.scales.shape[1], bias=bias is not None, device=device,
+            dtype=dtype or (bias.dtype if bias is not None else torch.float32),
+        )
+        layer.qweight = pack(quantized.codes, config.bits)
+        layer.qzeros = pack(quantized.zeros.to(device), config.bits)
+        layer.scales = quantized.scales.to(device=device, dtype=SCALE_DTYPE).contiguous()
+        layer.g_idx = quantized.g_idx.to(device=device, dtype=torch.int32).contiguous()
+        if bias is not None:
+            layer.bias = nn.Parameter(bias.detach().clone().to(device), requires_grad=bias.requires_grad)
+        if mask is not None:
+            layer.register_buffer(MASK_BUFFER, mask.to(device=device, dtype=torch.bool), persistent=False)
+        layer._select_kernel(device, dtype or (bias.dtype if bias is not None else torch.float32))
+        return layer
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, config: QuantConfig) -> QuantizedLinear:
+        """Round-to-nearest quantization of ``linear``; its recorded mask or exact zeros
+        stay exactly zero."""
+        keep = keep_mask(linear)
+        quantized = quantize_rtn(linear.weight, config, keep)
+        return cls.from_quantized(quantized, linear.bias, get_mask(linear), dtype=linear.weight.dtype)
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def n_groups(self) -> int:
+        return self.scales.shape[1]
+
+    def unpack_codes(self) -> torch.Tensor:
+        """The codes, uint8 ``[out, in]``."""
+        return unpack(self.qweight, self.bits, self.in_features)
+
+    def unpack_zeros(self) -> torch.Tensor:
+        """The zero points (codes), uint8 ``[out, G]``."""
+        return unpack(self.qzeros, self.bits, self.n_groups)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight ``[out, in]`` the codes stand for."""
+        return dequantize(self.unpack_codes(), self.scales, self.unpack_zeros(), self.g_idx)
+
+    def quantized_weight(self) -> QuantizedWeight:
+        """The unpacked codes, scales, zeros and group index."""
+        return QuantizedWeight(
+            self.unpack_codes(), self.scales, self.unpack_zeros(), self.g_idx,
+            QuantConfig(self.bits, self.group_size, self.symmetric),
+        )
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._kernel_key != (x.device, x.dtype):
+            self._select_kernel(x.device, x.dtype)
+        if self._kernel is None:
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return F.linear(x, self.dequantize().to(x.dtype), bias)
+        out = self._kernel.run(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out
+
+    @torch.no_grad()
+    def _select_kernel(self, device: torch.device, dtype: torch.dtype) -> None:
+        self._kernel = kernels.select_kernel(self, torch.device(device), dtype)
+        self._kernel_key = (device, dtype)
+        self.kernel = self._kernel.name if self._kernel is not None else kernels.REFERENCE
+
+    def _invalidate(self) -> None:
+        """Forget the fast path after the codes changed; the next forward chooses again."""
+        self._write_meta()
+        key = self._kernel_key
+        self._kernel = None
+        self._kernel_key = None
+        self.kernel = kernels.REFERENCE
+        if key is not None:
+            self._select_kernel(*key)
+
+    def _write_meta(self) -> None:
+        meta = [self.bits, self.group_size, int(self.symmetric), self.in_features, self.out_features]
+        self.qmeta = torch.tensor(meta, dtype=torch.int32, device=self.qweight.device)
+
+    # ------------------------------------------------------------------ editing (pruning)
+
+    @torch.no_grad()
+    def zero_weights(self, keep: torch.Tensor) -> None:
+        """Unstructured pruning of a quantized layer: where ``keep`` is False, set the code
+        to its group's zero point, so the weight dequantizes to exactly 0.0. The mask is
+        recorded (combined with any earlier one) as ``paqbench_mask``."""
+        if tuple(keep.shape) != (self.out_features, self.in_features):
+            raise ValueError(
+                f"mask shape {tuple(keep.shape)} does not match weight {(self.out_features, self.in_features)}"
+            )
+        keep = keep.to(device=self.qweight.device, dtype=torch.bool)
+        previous = get_mask(self)
+        if previous is not None:
+            keep = keep & previous
+        codes = self.unpack_codes()
+        zero = self.unpack_zeros().index_select(1, self.g_idx.long())
+        self.qweight = pack(torch.where(keep, codes, zero), self.bits)
+        self._set_mask(keep)
+        self._invalidate()
+
+    @torch.no_grad()
+    def select_input_features(self, index: torch.Tensor) -> None:
+        """Structured pruning of input columns: keep the columns ``index`` (in that order).
+        Codes are unpacked, sliced and repacked; ``g_idx`` is sliced with them, and groups
+        no column uses any more are dropped (their scales and zeros too)."""
+        index = self._check_index(index, self.in_features, "input")
+        codes = self.unpack_codes().index_select(1, index)
+        used, g_idx = torch.unique(self.g_idx.index_select(0, index).long(), return_inverse=True)
+        zeros = self.unpack_zeros().index_select(1, used)
+        self.scales = self.scales.index_select(1, used).contiguous()
+        self.qzeros = pack(zeros, self.bits)
+        self.g_idx = g_idx.to(torch.int32).contiguous()
+        self.in_features = int(index.numel())
+        self.qweight = pack(codes, self.bits)
+        mask = get_mask(self)
+        if mask is not None:
+            self._set_mask(mask.index_select(1, index))
+        self._invalidate()
+
+    @torch.no_grad()
+    def select_output_features(self, index: torch.Tensor) -> None:
+        """Structured pruning of output rows: keep the rows ``index`` (in that order), with
+        their scales, zeros and bias. Rows are packed independently: no repacking."""
+        index = self._check_index(index, self.out_features, "output")
+        self.qweight = self.qweight.index_select(0, index).contiguous()
+        self.qzeros = self.qzeros.index_select(0, index).contiguous()
+        self.scales = self.scales.index_select(0, index).contiguous()
+        if self.bias is not None:
+            self.bias = nn.Parameter(self.bias.detach().index_select(0, index), requires_grad=self.bias.requires_grad)
+        self.out_features = int(index.numel())
+        mask = get_mask(self)
+        if mask is not None:
+            self._set_mask(mask.index_select(0, index))
+        self._invalidate()
+
+    def _check_index(self, index: torch.Tensor, size: int, what: str) -> torch.Tensor:
+        index = torch.as_tensor(index, device=self.qweight.device)
+        if index.dim() != 1 or index.dtype not in (torch.int64, torch.int32):
+            raise TypeError(
+                f"{what} index must be a 1-D integer tensor, got {index.dtype} of shape {tuple(index.shape)}"
+            )
+        if index.numel() == 0:
+            raise ValueError(f"selecting no {what} features would leave an empty layer")
+        if int(index.min()) < 0 or int(index.max()) >= size:
+            raise IndexError(f"{what} index out of range for {size} features")
+        return index.long()
+
+    def _set_mask(self, keep: torch.Tensor) -> None:
+        if get_mask(self) is None:
+            self.register_buffer(MASK_BUFFER, keep, persistent=False)
+        else:
+            setattr(self, MASK_BUFFER, keep)
+
+    # ------------------------------------------------------------------ accounting
+
+    def paqbench_numel(self) -> int:
+        """Logical parameters: the weights this layer stands for, plus the bias."""
+        bias = self.bias.numel() if self.bias is not None else 0
+        return self.out_features * self.in_features + bias
+
+    @torch.no_grad()
+    def paqbench_nonzero(self) -> int:
+        """Weights that dequantize to a nonzero value (code != zero point), plus nonzero bias."""
+        zero = self.unpack_zeros().index_select(1, self.g_idx.long())
+        nonzero = int((self.unpack_codes() != zero).sum())
+        if self.bias is not None:
+            nonzero += int(torch.count_nonzero(self.bias))
+        return nonzero
+
+    def paqbench_storage_bits(self) -> int:
+        """Bits actually stored: packed codes, packed zeros, scales, group index, the
+        metadata row and the bias."""
+        tensors = [getattr(self, name) for name in _BUFFERS]
+        if self.bias is not None:
+            tensors.append(self.bias)
+        return sum(t.numel() * t.element_size() * 8 for t in tensors)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+            f"group_size={self.group_size}, symmetric={self.symmetric}, bias={self.bias is not None}, "
+            f"kernel={self.kernel}"
+        )
+
+    def _apply(self, fn: Any, recurse: bool = True) -> QuantizedLinear:
+        """``model.to(dtype)`` / ``.half()`` cast the bias but not the scales: they are
+        part of the stored format (float16), and bfloat16 would lose 3 bits of them.
+        Device moves apply to everything."""
+        scales = self.scales
+        result = super()._apply(fn, recurse)
+        device = fn(torch.empty(0, dtype=SCALE_DTYPE, device=scales.device)).device
+        self.scales = scales.to(device=device)
+        return result
+
+    # ------------------------------------------------------------------ loading
+
+    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
+        """After loading, the Python-side layout follows the loaded ``qmeta``."""
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        bits, group_size, symmetric, in_features, out_features = (int(v) for v in self.qmeta.tolist())
+        self.bits, self.group_size, self.symmetric = bits, group_size, bool(symmetric)
+        self.in_features, self.out_features = in_features, out_features
+        self._invalidate()
+
+
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at the qualified ``name`` inside ``model``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def replace_with_quantized(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Swap in an empty :class:`QuantizedLinear` of the saved layout wherever
+    ``state_dict`` holds a quantized layer (a ``<name>.qmeta`` key); returns the names.
+    ``load_state_dict`` then fills them."""
+    replaced = []
+    for key, meta in state_dict.items():
+        if not key.endswith(".qmeta"):
+            continue
+        name = key[: -len(".qmeta")]
+        bits, group_size, symmetric, in_features, out_features = (int(v) for v in meta.tolist())
+        try:
+            old = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"the checkpoint has a quantized layer {name!r} that the model lacks") from None
+        reference = getattr(old, "weight", None)
+        bias = state_dict.get(f"{name}.bias")
+        device = reference.device if reference is not None else state_dict[f"{name}.qweight"].device
+        layer = QuantizedLinear(
+            in_features, out_features, bits, group_size, bool(symmetric),
+            n_groups=state_dict[f"{name}.scales"].shape[1], bias=bias is not None, device=device,
+            dtype=bias.dtype if bias is not None else torch.float32,
+        )
+        replace_module(model, name, layer)
+        replaced.append(name)
+    return replaced
+
+
+def load_quantized(
+    model: nn.Module, source: str | Path | Mapping[str, torch.Tensor]
+) -> nn.Module:
+    """Load a model saved after quantization (``save_pretrained`` directory of
+    ``*.safetensors`` files, or a state dict) into ``model``, a model of the same
+    architecture: structured-pruning wrappers and quantized layers are rebuilt (in that
+    order), then every tensor is loaded.
+
+    Weights missing from ``source`` are an error unless tied to a loaded one (e.g. an LM
+    head tied to the embeddings, which ``save_pretrained`` stores once).
+    """
+    from paqbench.layers.structured import rebuild_structured
+
+    state_dict = _read_state_dict(source) if not isinstance(source, Mapping) else dict(source)
+    rebuild_structured(model, state_dict)  # structured-pruning wrappers first: they hold the layers
+    replace_with_quantized(model, state_dict)
+    result = model.load_state_dict(state_dict, strict=False)
+    tensors = _named_tensors(model)
+    loaded = {id(tensor) for name, tensor in tensors.items() if name in state_dict}
+    missing = [key for key in result.missing_keys if id(tensors[key]) not in loaded]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"checkpoint does not match the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+    return model
+
+
+def _named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    named = dict(model.named_parameters(remove_duplicate=False))
+    named.update(model.named_buffers(remove_duplicate=False))
+    return named
+
+
+def _read_state_dict(directory: str | Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    files = sorted(Path(directory).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors files in {directory}")
+    state_dict: dict[str, Any] = {}
+    for file in files:
+        state_dict.update(load_file(str(file)))
+    return state_dict

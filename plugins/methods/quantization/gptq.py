@@ -1,0 +1,136 @@
+"""GPTQ: weight quantization with second-order error compensation, layer by layer.
+
+Calibration windows run through the model one decoder block at a time
+(:mod:`paqbench.quant.sequential`); each targeted Linear gets the Hessian of its inputs,
+``H = 2 X X^T / n``, and is quantized by :func:`paqbench.quant.gptq.gptq_quantize`. The
+next block is calibrated on the outputs of the already quantized one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from paqbench import Method, hookimpl
+from paqbench.layers import check_supported, decoder_blocks, get_mask, select_targets
+from paqbench.plugins.methods.quantization.rtn import WeightQuantParams, summarize
+from paqbench.quant.gptq import HessianAccumulator, gptq_quantize
+from paqbench.quant.linear import QuantizedLinear, replace_module
+from paqbench.quant.quantizer import QuantConfig, keep_mask
+from paqbench.quant.sequential import BlockInputs, collect_inputs, layer_sequential, linear_groups
+
+
+class GPTQParams(WeightQuantParams):
+    damp: float = Field(0.01, ge=0.0, description="dampening added to diag(H), as a fraction of its mean (percdamp)")
+    block_size: int = Field(128, gt=0, description="columns per lazy-update block (speed only)")
+    act_order: bool = Field(False, description="quantize columns in order of decreasing diag(H) (desc_act)")
+    static_groups: bool = Field(
+        False, description="with act_order: fix each group's grid from the unquantized weight first"
+    )
+    true_sequential: bool = Field(
+        True, description="within a block, collect each group of layers' inputs (q/k/v, o, gate/up, down) "
+        "through the already quantized earlier ones"
+    )
+
+
+class GPTQ(Method):
+    name = "gptq"
+    family = "quantize"
+    description = (
+        "GPTQ (Frantar et al. 2022): quantize weights column by column, compensating each "
+        "column's rounding error on the remaining columns through the inverse Hessian of "
+        "the layer's calibration inputs. Layer-sequential (one decoder block's activations "
+        "in memory; each block sees the outputs of the quantized ones before it), "
+        "`true_sequential` within blocks, `act_order` with the group index recorded, "
+        "`static_groups`, any `group_size` (shorter last group allowed), mask-aware: pruned "
+        "weights end exactly zero. Parameters: bits, group_size, symmetric, damp, "
+        "block_size, act_order, static_groups, true_sequential, targets (decoder-block "
+        "Linears only). Cost per decoder block: one forward of the calibration windows per "
+        "group of layers (q/k/v, o, gate/up, down with true_sequential; each stopped once its "
+        "layers have run) and one more for the next block's inputs, a Hessian update "
+        "O(tokens*in^2) and O(in^3 + out*in^2) per layer; tens of minutes for 135M "
+        "parameters with 32x512 tokens on a 2-core CPU, about a minute on a GPU."
+    )
+    Params = GPTQParams
+    accepts = frozenset({"dense", "pruned"})
+    needs_calibration = True
+
+    def apply(self, model, params: GPTQParams, ctx):
+        config = params.quant_config()
+        targets = select_targets(model, params.targets)
+        check_supported(targets, self.accepts, self.name, ctx.current_step)
+        prefix, _ = decoder_blocks(model)
+        outside = [name for name in targets if not name.startswith(prefix + ".")]
+        if outside:
+            raise ValueError(
+                f"gptq calibrates decoder blocks one by one and cannot quantize {outside[0]!r}, "
+                f"which is outside {prefix!r}; narrow `targets` (or use rtn for it)"
+            )
+        names = list(targets)
+        del targets  # hold no reference to a replaced float layer: its memory is freed as we go
+        batches = ctx.calibration_batches()
+        layers: dict[str, QuantizedLinear] = {}
+        stats = {"loss": 0.0, "dead_columns": 0, "max_damp": params.damp}
+
+        def process(index: int, block_name: str, block: nn.Module, inputs: BlockInputs) -> None:
+            prefix = block_name + "."
+            local = {name[len(prefix) :]: block.get_submodule(name[len(prefix) :])
+                     for name in names if name.startswith(prefix)}
+            if not local:
+                return
+            groups = linear_groups(block, local, inputs) if params.true_sequential else [list(local)]
+            for group in groups:
+                modules = {name: local[name] for name in group}
+                self._quantize_group(block, block_name, modules, inputs, config, params, model, layers, stats)
+                del modules
+
+        with torch.no_grad():
+            layer_sequential(model, batches, process, progress=lambda it, desc, total: ctx.progress(it, desc, total),
+                             desc="gptq blocks")
+        missed = [name for name in names if name not in layers]
+        if missed:
+            raise RuntimeError(f"gptq did not reach {missed[0]!r}; is it inside a decoder block?")
+        return {**summarize(layers), "calibration_windows": len(batches), **stats}
+
+    @staticmethod
+    def _quantize_group(
+        block: nn.Module,
+        block_name: str,
+        modules: Mapping[str, nn.Module],
+        inputs: BlockInputs,
+        config: QuantConfig,
+        params: GPTQParams,
+        model: nn.Module,
+        layers: dict[str, QuantizedLinear],
+        stats: dict[str, float],
+    ) -> None:
+        hessians = {
+            name: HessianAccumulator(module.in_features, module.weight.device) for name, module in modules.items()
+        }
+        collect_inputs(block, inputs, modules, lambda name, x: hessians[name].add(x))
+        for name, module in modules.items():
+            full_name = f"{block_name}.{name}"
+            if hessians[name].rows == 0:
+                raise RuntimeError(f"gptq: layer {full_name!r} received no input during calibration")
+            result = gptq_quantize(
+                module.weight, hessians[name].hessian, config,
+                damp=params.damp, block_size=params.block_size, act_order=params.act_order,
+                static_groups=params.static_groups, keep=keep_mask(module),
+            )
+            hessians[name] = None  # free the Hessian before the next layer's
+            layer = QuantizedLinear.from_quantized(
+                result.quantized, module.bias, get_mask(module), dtype=module.weight.dtype
+            )
+            replace_module(model, full_name, layer)
+            layers[full_name] = layer
+            stats["loss"] += result.loss
+            stats["dead_columns"] += result.dead_columns
+            stats["max_damp"] = max(stats["max_damp"], result.damp)
+
+
+@hookimpl
+def paqbench_register_methods(register):
+    register(GPTQ)
