@@ -91,6 +91,8 @@ def _start(suite, out) -> subprocess.Popen:
         [sys.executable, "-m", "paqbench.cli", "run", str(suite), "-o", str(out)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
+        # a background job inherits SIGINT as ignored; a user's terminal does not
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
