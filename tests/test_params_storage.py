@@ -76,3 +76,16 @@ def test_storage_of_the_gguf_loaded_embedded_model(smollm2, tmp_path):
     values = {m.name: m for m in Storage().measure(model, Storage.Params(), make_run_context(tokenizer, tmp_path))}
     total, _, _ = count_parameters(model)
     assert values["checkpoint"].value == pytest.approx(4 * total, rel=0.001)
+
+
+def test_macs_per_token_of_the_tiny_config(tiny_llama, make_context):
+    """Tiny Llama: hidden 64, 4 heads (head_dim 16), 2 KV heads, MLP 176, vocab 260, 2 layers."""
+    per_layer = 64 * 64 + 2 * (64 * 32) + 64 * 64 + 3 * (64 * 176)  # q, k+v (GQA), o, gate/up/down
+    linear = 2 * per_layer + 64 * 260  # + LM head
+    attention = 2 * 2 * 4 * 16 * (128 + 1) / 2  # QK^T and AV, mean causal context of 128 tokens
+    values = {m.name: m for m in ParamsMetric().measure(tiny_llama, ParamsMetric.Params(seqlen=128), make_context())}
+    assert values["macs_per_token"].value == linear + attention
+    with torch.no_grad():
+        tiny_llama.model.layers[0].mlp.down_proj.weight[:, :88].zero_()
+    values = {m.name: m for m in ParamsMetric().measure(tiny_llama, ParamsMetric.Params(seqlen=128), make_context())}
+    assert values["nonzero_macs_per_token"].value == linear + attention - 64 * 88

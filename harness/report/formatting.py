@@ -18,6 +18,8 @@ def format_value(value: float | None, unit: str) -> str:
         return f"{value * 100:.2f}%"
     if unit in ("count", "params"):
         return format_count(value)
+    if unit == "MACs":
+        return f"{format_count(value)} MACs"
     text = format_number(value)
     return f"{text} {unit}" if unit and unit not in ("", "ppl") else text
 

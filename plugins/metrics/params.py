@@ -12,6 +12,34 @@ from paqbench.layers import layer_kind, select_targets
 
 class ParamsParams(Params):
     per_module: bool = Field(True, description="record sparsity and bits of each targeted layer")
+    seqlen: int = Field(2048, gt=0, description="sequence length for MACs per token")
+
+
+def linear_macs(model: torch.nn.Module) -> tuple[int, int]:
+    """(dense, nonzero) multiply-accumulates of all linear layers for one token.
+
+    Counts every layer that computes a matmul (``nn.Linear`` and compressed layers with
+    ``paqbench_numel``), the LM head included, by the size of the matmul it really
+    computes: a structurally pruned layer counts its smaller weight."""
+    dense = nonzero = 0
+    for module in model.modules():
+        if hasattr(module, "paqbench_numel"):
+            dense += int(module.paqbench_numel())
+            nonzero += int(module.paqbench_nonzero())
+        elif isinstance(module, torch.nn.Linear):
+            dense += module.weight.numel()
+            nonzero += int(torch.count_nonzero(module.weight))
+    return dense, nonzero
+
+
+def attention_macs(config, seqlen: int) -> int:
+    """Score and value MACs of causal self-attention per token, averaged over a sequence
+    of ``seqlen`` tokens: token i attends to i+1 positions, so the mean context is
+    (seqlen + 1) / 2; QK^T and AV each cost heads x head_dim per position."""
+    layers = config.num_hidden_layers
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return round(2 * layers * heads * head_dim * (seqlen + 1) / 2)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int, int]:
@@ -62,7 +90,8 @@ def _shape(module: torch.nn.Module) -> list[int]:
 class ParamsMetric(Metric):
     name = "params"
     description = (
-        "Total and nonzero parameters, overall sparsity, sparsity of the targeted linear layers, bits per weight."
+        "Total and nonzero parameters, overall sparsity, sparsity of the targeted linear layers, bits per weight, "
+        "and MACs per token (linear layers incl. LM head + causal attention averaged over seqlen)."
     )
     Params = ParamsParams
 
@@ -90,6 +119,12 @@ class ParamsMetric(Metric):
             details={"per_module": per_module} if params.per_module else {},
         )
         yield self.make("bits_per_weight", bits / total, "bits", "lower")
+        dense_macs, nonzero_macs = linear_macs(model)
+        attention = attention_macs(model.config, params.seqlen) if hasattr(model, "config") else 0
+        details = {"seqlen": params.seqlen, "linear": dense_macs, "attention": attention}
+        yield self.make("macs_per_token", dense_macs + attention, "MACs", "lower", details=details)
+        yield self.make("nonzero_macs_per_token", nonzero_macs + attention, "MACs", "lower",
+                        details={"seqlen": params.seqlen, "note": "zeros skipped, as a sparse kernel could"})
 
 
 @hookimpl
