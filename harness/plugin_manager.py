@@ -24,24 +24,28 @@ from paqbench import hookspecs
 
 ENTRY_POINT_GROUP = "paqbench"
 
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "paqbench.plugins.sources",
-    "paqbench.plugins.datasets",
-    "paqbench.plugins.methods.pruning.magnitude",
-    "paqbench.plugins.methods.pruning.l1_structured",
-    "paqbench.plugins.methods.quantization.rtn",
-    "paqbench.plugins.methods.quantization.gptq",
-    "paqbench.plugins.metrics.params",
-    "paqbench.plugins.metrics.storage",
-    "paqbench.plugins.metrics.perplexity",
-    "paqbench.plugins.metrics.latency",
-    "paqbench.plugins.metrics.memory",
-    "paqbench.plugins.metrics.energy",
-    "paqbench.plugins.metrics.lm_eval",
-    "paqbench.plugins.metrics.race",
-    "paqbench.plugins.reporters.json_report",
-    "paqbench.plugins.reporters.markdown",
-)
+def _builtin_plugin_modules() -> tuple[str, ...]:
+    """Every module under :mod:`paqbench.plugins`, in name order.
+
+    Built-ins are discovered rather than listed so that adding a method, metric or
+    reporter is adding one file; each module registers itself through the same hooks a
+    third-party plugin uses.
+    """
+    import pkgutil
+
+    import paqbench.plugins as package
+
+    return tuple(
+        sorted(
+            info.name
+            for info in pkgutil.walk_packages(package.__path__, prefix=package.__name__ + ".")
+            if not info.ispkg
+        )
+    )
+
+
+#: The built-in plugin modules, registered before any entry-point plugin.
+DEFAULT_PLUGINS: tuple[str, ...] = _builtin_plugin_modules()
 
 
 class PluginLoadError(Exception):
