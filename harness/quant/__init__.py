@@ -9,7 +9,9 @@
 - :mod:`paqbench.quant.gptq`: the GPTQ algorithm on one weight matrix.
 """
 
-from paqbench.quant.linear import QuantizedLinear, load_quantized, replace_with_quantized
+from paqbench.quant.linear import QuantizedLinear, load_quantized, register_format, replace_with_quantized
 from paqbench.quant.quantizer import QuantConfig, QuantizedWeight
 
-__all__ = ["QuantConfig", "QuantizedLinear", "QuantizedWeight", "load_quantized", "replace_with_quantized"]
+__all__ = [
+    "QuantConfig", "QuantizedLinear", "QuantizedWeight", "load_quantized", "register_format", "replace_with_quantized",
+]

@@ -322,6 +322,19 @@ class QuantizedLinear(nn.Module):
 
     # ------------------------------------------------------------------ loading
 
+    @classmethod
+    def empty_from_state(
+        cls, state_dict: Mapping[str, torch.Tensor], name: str, device: torch.device
+    ) -> QuantizedLinear:
+        """An empty layer of the layout saved under ``name`` in ``state_dict``."""
+        bits, group_size, symmetric, in_features, out_features = (int(v) for v in state_dict[f"{name}.qmeta"].tolist())
+        bias = state_dict.get(f"{name}.bias")
+        return cls(
+            in_features, out_features, bits, group_size, bool(symmetric),
+            n_groups=state_dict[f"{name}.scales"].shape[1], bias=bias is not None, device=device,
+            dtype=bias.dtype if bias is not None else torch.float32,
+        )
+
     def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
         """After loading, the Python-side layout follows the loaded ``qmeta``."""
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -338,29 +351,38 @@ def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+#: Saved-layout markers: a state-dict key ending in ``.<marker>`` holds a layer of that
+#: class. Every quantized layer format registers itself here (:func:`register_format`)
+#: with a classmethod ``empty_from_state(state_dict, name, device)`` that builds an empty
+#: layer of the saved layout, which ``load_state_dict`` then fills.
+_FORMATS: dict[str, type[nn.Module]] = {}
+
+
+def register_format(marker: str, layer_class: type[nn.Module]) -> None:
+    """Make :func:`load_quantized` rebuild ``layer_class`` wherever a checkpoint holds a
+    ``<name>.<marker>`` tensor."""
+    if not hasattr(layer_class, "empty_from_state"):
+        raise TypeError(f"{layer_class.__name__} needs a classmethod empty_from_state(state_dict, name, device)")
+    _FORMATS[marker] = layer_class
+
+
 def replace_with_quantized(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-    """Swap in an empty :class:`QuantizedLinear` of the saved layout wherever
-    ``state_dict`` holds a quantized layer (a ``<name>.qmeta`` key); returns the names.
-    ``load_state_dict`` then fills them."""
+    """Swap in an empty quantized layer of the saved layout wherever ``state_dict`` holds
+    one (a ``<name>.<marker>`` key of a registered format, e.g. ``qmeta``); returns the
+    names. ``load_state_dict`` then fills them."""
     replaced = []
-    for key, meta in state_dict.items():
-        if not key.endswith(".qmeta"):
+    for key in list(state_dict):
+        name, _, marker = key.rpartition(".")
+        layer_class = _FORMATS.get(marker)
+        if layer_class is None or not name:
             continue
-        name = key[: -len(".qmeta")]
-        bits, group_size, symmetric, in_features, out_features = (int(v) for v in meta.tolist())
         try:
             old = model.get_submodule(name)
         except AttributeError:
             raise ValueError(f"the checkpoint has a quantized layer {name!r} that the model lacks") from None
         reference = getattr(old, "weight", None)
-        bias = state_dict.get(f"{name}.bias")
-        device = reference.device if reference is not None else state_dict[f"{name}.qweight"].device
-        layer = QuantizedLinear(
-            in_features, out_features, bits, group_size, bool(symmetric),
-            n_groups=state_dict[f"{name}.scales"].shape[1], bias=bias is not None, device=device,
-            dtype=bias.dtype if bias is not None else torch.float32,
-        )
-        replace_module(model, name, layer)
+        device = reference.device if reference is not None else state_dict[key].device
+        replace_module(model, name, layer_class.empty_from_state(state_dict, name, device))
         replaced.append(name)
     return replaced
 
@@ -408,3 +430,6 @@ def _read_state_dict(directory: str | Path) -> dict[str, Any]:
     for file in files:
         state_dict.update(load_file(str(file)))
     return state_dict
+
+
+register_format("qmeta", QuantizedLinear)
