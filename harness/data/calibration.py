@@ -48,11 +48,14 @@ def document_windows(tokenizer, documents: list[str], n: int, seqlen: int, seed:
 
 
 def build_calibration(config: CalibrationConfig, ctx: RunContext) -> list[torch.Tensor]:
-    """``n_samples`` windows of ``seqlen`` tokens (shape ``[1, seqlen]`` each) on CPU."""
+    """``n_samples`` windows of ``seqlen`` tokens (shape ``[1, seqlen]`` each) on CPU;
+    at most ``ctx.limit`` of them when a quick run sets one (the first of the same draw)."""
     corpus = ctx.dataset(config.dataset, config.split)
+    # A quick run (--limit) caps calibration windows too: the same draw, fewer of them.
+    n_samples = config.n_samples if ctx.limit is None else min(config.n_samples, ctx.limit)
     ctx.logger.info(
-        "calibration: %d x %d tokens from %s/%s", config.n_samples, config.seqlen, config.dataset, config.split
+        "calibration: %d x %d tokens from %s/%s", n_samples, config.seqlen, config.dataset, config.split
     )
     if corpus.documents:
-        return document_windows(ctx.tokenizer, corpus.documents, config.n_samples, config.seqlen, config.seed)
-    return random_windows(tokenize(ctx.tokenizer, corpus.text), config.n_samples, config.seqlen, config.seed)
+        return document_windows(ctx.tokenizer, corpus.documents, n_samples, config.seqlen, config.seed)
+    return random_windows(tokenize(ctx.tokenizer, corpus.text), n_samples, config.seqlen, config.seed)
