@@ -78,6 +78,13 @@ def test_calibration_batches_cached_per_context(make_context):
     assert ctx.calibration_batches() is batches
 
 
+def test_limit_caps_calibration_to_the_first_windows_of_the_same_draw(make_context):
+    full = make_context(n_samples=6, seqlen=32).calibration_batches()
+    capped = make_context(n_samples=6, seqlen=32, limit=2).calibration_batches()
+    assert len(capped) == 2
+    assert all(torch.equal(a, b) for a, b in zip(capped, full[:2], strict=True))
+
+
 def test_c4_calibration_samples_documents_like_the_papers(make_context, data_dir):
     ctx = make_context(dataset="c4", n_samples=4, seqlen=128)
     ctx.calibration_config = ctx.calibration_config.model_copy(update={"split": "validation"})
