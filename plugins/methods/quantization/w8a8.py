@@ -1,0 +1,60 @@
+"""W8A8 "int8 dynamic": int8 weights (per output channel) and int8 activations (per token,
+quantized at run time), with an int8 matmul where the platform has an exact one."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from pydantic import Field
+
+from paqbench import Method, Params, hookimpl
+from paqbench.layers import check_supported, select_targets
+from paqbench.quant.linear import replace_module
+from paqbench.quant.w8a8 import Int8DynamicLinear
+
+
+class W8A8Params(Params):
+    targets: str | None = Field(
+        None, description="regex over module names; default: the Linear layers inside decoder blocks"
+    )
+
+
+class W8A8(Method):
+    name = "w8a8"
+    family = "quantize"
+    description = (
+        "Int8 dynamic quantization (W8A8): each targeted Linear becomes an Int8DynamicLinear holding int8 weights "
+        "with one symmetric scale per output channel; at run time every token's activations are quantized to "
+        "symmetric int8 and multiplied in int8 with int32 accumulation (torch._int_mm on CUDA, oneDNN int8 on CPUs "
+        "where it is exact; otherwise an exact float emulation of the same integers: `kernel` in the facts says "
+        "which). Pruned weights stay exactly zero. No calibration; cost: one pass over the weights."
+    )
+    Params = W8A8Params
+    accepts = frozenset({"dense", "pruned"})
+
+    @torch.no_grad()
+    def apply(self, model, params: W8A8Params, ctx):
+        targets = select_targets(model, params.targets)
+        check_supported(targets, self.accepts, self.name, ctx.current_step)
+        names = list(targets)
+        del targets
+        layers: dict[str, Int8DynamicLinear] = {}
+        for name in ctx.progress(names, "w8a8", total=len(names)):
+            source = model.get_submodule(name)
+            layer = Int8DynamicLinear.from_linear(source)
+            layer.select_kernel(source.weight.device, source.weight.dtype)  # record the path a forward will take
+            replace_module(model, name, layer)
+            layers[name] = layer
+        weights = sum(layer.out_features * layer.in_features for layer in layers.values())
+        bits = sum(layer.paqbench_storage_bits() for layer in layers.values())
+        return {
+            "layers": len(layers),
+            "bits_per_weight": bits / weights if weights else 0.0,
+            "kernels": dict(Counter(layer.kernel for layer in layers.values())),
+        }
+
+
+@hookimpl
+def paqbench_register_methods(register):
+    register(W8A8)
