@@ -1,4 +1,4 @@
-"""Magnitude pruning: zero the smallest |W| in each targeted layer.
+"""Magnitude pruning: zero the smallest |W|, per layer or across layers, unstructured or N:M.
 
 This is the worked example the README's plugin guide mirrors: a pydantic ``Params``
 schema, the default targets of the compressed-layer contract, a check that every
@@ -8,51 +8,76 @@ the zeros.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from paqbench import Method, Params, hookimpl
-from paqbench.layers import check_supported, get_mask, select_targets, set_mask
+from paqbench import Method, hookimpl
+from paqbench.layers import check_supported, get_mask, select_targets
+from paqbench.prune.masks import (
+    apply_keep_mask,
+    current_weight,
+    global_keep_masks,
+    keep_lowest_dropped,
+    pruning_facts,
+)
+from paqbench.prune.nm import check_width, nm_keep_mask
+from paqbench.prune.params import SparsityParams
 
 
-class MagnitudeParams(Params):
-    sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="fraction of weights zeroed in each targeted layer")
-    targets: str | None = Field(
-        None, description="regex over module names; default: the Linear layers inside decoder blocks"
+class MagnitudeParams(SparsityParams):
+    scope: Literal["layer", "global"] = Field(
+        "layer",
+        description="layer: each targeted layer loses exactly `sparsity` of its weights; global: the smallest "
+        "|W| across all targeted layers together (layers end at different sparsities)",
     )
+
+    @model_validator(mode="after")
+    def _pattern_is_per_layer(self) -> MagnitudeParams:
+        if self.pattern is not None and self.scope == "global":
+            raise ValueError("an N:M pattern is chosen within each row group of each layer; use scope: layer with it")
+        return self
 
 
 class Magnitude(Method):
     name = "magnitude"
     family = "prune"
     description = (
-        "Unstructured magnitude pruning: in each targeted layer, zero the fraction "
-        "`sparsity` of weights with the smallest |W| (exact count, layer-wise). Cost: one "
-        "top-k per layer, no calibration."
+        "Magnitude pruning: zero the weights with the smallest |W|. Unstructured with an "
+        "exact count, per layer (`scope: layer`, each layer exactly `sparsity`) or across all "
+        "targets (`scope: global`), or N:M semi-structured (`pattern: '2:4'` zeroes 2 of every "
+        "4 consecutive input weights per row). Quantized layers are scored on their "
+        "dequantized weight and their codes set to the zero point. Cost: one top-k per layer "
+        "(global: one k-th value over all targeted weights, 4 bytes each in CPU memory), no "
+        "calibration."
     )
     Params = MagnitudeParams
-    accepts = frozenset({"dense", "pruned"})
+    accepts = frozenset({"dense", "pruned", "quantized"})
 
     @torch.no_grad()
     def apply(self, model, params: MagnitudeParams, ctx):
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)
-        pruned = total = 0
-        for module in ctx.progress(targets.values(), "magnitude pruning", total=len(targets)):
-            weight = module.weight
-            n_prune = round(params.sparsity * weight.numel())
-            keep = torch.ones_like(weight, dtype=torch.bool)
-            if n_prune > 0:
-                scores = weight.detach().abs().float()
-                previous = get_mask(module)
-                if previous is not None:
-                    scores[~previous] = -1.0  # already pruned: first to go, never revived
-                drop = torch.topk(scores.flatten(), n_prune, largest=False).indices
-                keep.view(-1)[drop] = False
-            set_mask(module, keep)
-            pruned += int((weight == 0).sum())
-            total += weight.numel()
-        return {"layers": len(targets), "sparsity": pruned / total if total else 0.0}
+        pattern = params.nm
+        if pattern is not None:  # fail before changing anything
+            for name, module in targets.items():
+                check_width(int(current_weight(module).shape[1]), pattern, repr(name))
+        if params.scope == "global":
+            scores = {name: current_weight(module).abs().float() for name, module in targets.items()}
+            masks = global_keep_masks(scores, params.sparsity, {name: get_mask(m) for name, m in targets.items()})
+            del scores
+            for name, module in targets.items():
+                apply_keep_mask(module, masks.pop(name), name)
+        else:
+            for name, module in ctx.progress(targets.items(), "magnitude pruning", total=len(targets)):
+                scores = current_weight(module).abs().float()
+                if pattern is not None:
+                    keep = nm_keep_mask(scores, pattern, get_mask(module))
+                else:
+                    keep = keep_lowest_dropped(scores, params.sparsity, get_mask(module))
+                apply_keep_mask(module, keep, name)
+        return pruning_facts(targets, pattern)
 
 
 @hookimpl
