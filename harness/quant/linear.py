@@ -392,15 +392,18 @@ def load_quantized(
 ) -> nn.Module:
     """Load a model saved after quantization (``save_pretrained`` directory of
     ``*.safetensors`` files, or a state dict) into ``model``, a model of the same
-    architecture: structured-pruning wrappers and quantized layers are rebuilt (in that
-    order), then every tensor is loaded.
+    architecture: shrunk decoder blocks (:func:`paqbench.structure.rebuild_blocks`),
+    structured-pruning wrappers and quantized layers are rebuilt (in that order), then
+    every tensor is loaded.
 
     Weights missing from ``source`` are an error unless tied to a loaded one (e.g. an LM
     head tied to the embeddings, which ``save_pretrained`` stores once).
     """
     from paqbench.layers.structured import rebuild_structured
+    from paqbench.structure.config import rebuild_blocks
 
     state_dict = _read_state_dict(source) if not isinstance(source, Mapping) else dict(source)
+    rebuild_blocks(model, state_dict)  # blocks shrunk by structured pruning: their sizes first
     rebuild_structured(model, state_dict)  # structured-pruning wrappers first: they hold the layers
     replace_with_quantized(model, state_dict)
     result = model.load_state_dict(state_dict, strict=False)

@@ -39,7 +39,9 @@ def attention_macs(config, seqlen: int) -> int:
     layers = config.num_hidden_layers
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return round(2 * layers * heads * head_dim * (seqlen + 1) / 2)
+    structure = getattr(config, "paqbench_structure", None)  # per-block heads after structured pruning
+    total_heads = sum(structure["num_attention_heads"]) if structure else layers * heads
+    return round(2 * total_heads * head_dim * (seqlen + 1) / 2)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int, int]:
