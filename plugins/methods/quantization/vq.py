@@ -1,0 +1,98 @@
+"""VQ: vector quantization of weights with a small k-means codebook.
+
+Each targeted Linear becomes a :class:`paqbench.quant.vq.VQLinear`: its rows are cut
+into vectors of ``dim`` consecutive input weights, a codebook of ``2**codebook_bits``
+float16 vectors is fitted by k-means (k-means++ seeding from the run's seed, Lloyd
+iterations) per layer or per group of ``rows_per_codebook`` rows, and each vector
+stores the index of its nearest codeword: ``codebook_bits / dim`` bits per weight plus
+the codebooks.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field, field_validator
+
+from paqbench import Method, Params, hookimpl
+from paqbench.layers import check_supported, select_targets
+from paqbench.plugins.methods.quantization.rtn import summarize
+from paqbench.quant.codebook import input_second_moments
+from paqbench.quant.linear import replace_module
+from paqbench.quant.vq import VQLinear
+
+
+class VQParams(Params):
+    dim: int = Field(2, ge=1, le=16, description="consecutive input weights per vector (must divide each width)")
+    codebook_bits: int = Field(
+        8, ge=1, le=8, description="bits per vector index: 2**codebook_bits codewords (bits per weight: "
+        "codebook_bits / dim, plus the codebooks)"
+    )
+    rows_per_codebook: int = Field(
+        -1, ge=-1, description="output rows sharing one codebook; -1: one codebook per layer"
+    )
+    iterations: int = Field(10, ge=0, description="Lloyd iterations after k-means++ seeding (stops early)")
+    weighted: bool = Field(
+        False, description="weigh each coordinate's squared error by E[x^2] of its input column over the "
+        "calibration windows (one forward of the model over them)"
+    )
+    targets: str | None = Field(
+        None, description="regex over module names; default: the Linear layers inside decoder blocks"
+    )
+
+    @field_validator("rows_per_codebook")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("rows_per_codebook must be positive, or -1 for one codebook per layer")
+        return value
+
+
+class VQ(Method):
+    name = "vq"
+    family = "quantize"
+    description = (
+        "Vector quantization: rows cut into vectors of `dim` consecutive input weights, one codebook of "
+        "2**`codebook_bits` fp16 vectors per layer (or per `rows_per_codebook` rows) fitted by k-means "
+        "(k-means++ seeded by the run seed, `iterations` Lloyd steps, optionally `weighted` by calibration "
+        "E[x^2]); each vector stores its codeword index. Bits per weight: codebook_bits/dim + codebooks "
+        "(4.04 at dim 2, 8 bits on 576x1536). Pruned weights (recorded mask) stay exactly zero through a 1-bit "
+        "keep bitmap (+1 bit per weight). Cost: O(vectors x codewords) per Lloyd iteration; about 1 s per "
+        "iteration for a 576x1536 layer on one CPU core, far less on a GPU."
+    )
+    Params = VQParams
+    accepts = frozenset({"dense", "pruned"})
+
+    @torch.no_grad()
+    def apply(self, model, params: VQParams, ctx):
+        targets = select_targets(model, params.targets)
+        check_supported(targets, self.accepts, self.name, ctx.current_step)
+        for name, module in targets.items():  # fail before changing anything
+            if module.in_features % params.dim:
+                raise ValueError(
+                    f"step {ctx.current_step}: vectors of dim={params.dim} do not tile the {module.in_features} "
+                    f"input columns of layer {name!r}; choose a dim that divides every targeted width, or narrow "
+                    "`targets`"
+                )
+        importance = None
+        if params.weighted:
+            importance = input_second_moments(model, targets, ctx.calibration_batches(), ctx.progress)
+        names = list(targets)
+        del targets  # hold no reference to a replaced float layer
+        layers: dict[str, VQLinear] = {}
+        for number, name in enumerate(ctx.progress(names, "vq", total=len(names))):
+            layer = VQLinear.from_linear(
+                model.get_submodule(name), params.codebook_bits, params.dim, params.rows_per_codebook,
+                importance=None if importance is None else importance.pop(name), iterations=params.iterations,
+                seed=ctx.seed * 100003 + number,
+            )
+            replace_module(model, name, layer)
+            layers[name] = layer
+        facts = summarize(layers)
+        if params.weighted:
+            facts["calibration_windows"] = len(ctx.calibration_batches())
+        return facts
+
+
+@hookimpl
+def paqbench_register_methods(register):
+    register(VQ)
