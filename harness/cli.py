@@ -55,11 +55,17 @@ def _plan_text(plan) -> str:
         ) or "(uncompressed)"
         rows.append([index, run.name, steps, run.config_hash])
     metrics = ", ".join(m["name"] for m in plan.runs[0].metrics) or "(none)"
-    return (
+    text = (
         f"suite {plan.suite_name}: {len(plan.runs)} runs of model {plan.runs[0].model['source']} "
         f"({plan.runs[0].model_source}); metrics: {metrics}\n"
         + tabulate(rows, headers=["#", "run", "steps", "id"])
     )
+    for search in plan.searches:
+        o = search.objective
+        bound = f"<= {o['max']:g}" if o.get("max") is not None else f">= {o['min']:g}"
+        text += (f"\nthreshold search {search.name}: {o['find']} {search.label} in [{search.low:g}, {search.high:g}]"
+                 f" (tol {search.tol:g}, at most {search.max_probes} probe runs) with {o['metric']} {bound}")
+    return text
 
 
 @click.group()
@@ -105,6 +111,9 @@ def run(suite, output, model, device, limit, only, resume, dry_run, in_process, 
     except OutputDirConflict as exc:
         _fail(str(exc))
     files = _write_reports(output_dir, loaded.suite.reporters, registry)
+    for outcome in summary.searches:
+        click.echo(f"threshold search {outcome.summary()}", err=True)
+    search_failed = any(o.status == "failed" for o in summary.searches)
     ok = sum(1 for r in summary.ran if r.status == "ok")
     click.echo(
         f"{ok} ok, {len(summary.failed)} failed, {len(summary.skipped)} already recorded"
@@ -113,7 +122,7 @@ def run(suite, output, model, device, limit, only, resume, dry_run, in_process, 
     if summary.interrupted:
         click.echo("Interrupted: finished runs are kept; run the same command again to resume.", err=True)
         sys.exit(130)
-    sys.exit(1 if summary.failed else 0)
+    sys.exit(1 if summary.failed or search_failed else 0)
 
 
 def _write_reports(output_dir: Path, reporters: list[str], registry) -> list[Path]:
@@ -155,6 +164,71 @@ def report(directory, reporters):
     names = list(reporters) or (manifest.get("resolved_suite") or {}).get("reporters") or ["json", "markdown"]
     for path in _write_reports(Path(directory), names, registry):
         click.echo(str(path))
+
+
+@main.command()
+@click.argument("base", type=click.Path(exists=True))
+@click.argument("new", type=click.Path(exists=True))
+@click.option("--max-regression", "-t", "limits", multiple=True, metavar="KEY=LIMIT",
+              help="How much worse KEY may get: a metric (perplexity), a measurement (latency/tpot, race/high/acc) "
+                   "or a glob; LIMIT relative (2%) or absolute (0.01). Repeatable; overrides the file's.")
+@click.option("--thresholds", "thresholds_file", type=click.Path(dir_okay=False, exists=True),
+              help="YAML file: max_regression: {KEY: LIMIT}, baseline_relative: [KEY], noise_sigmas, ...")
+@click.option("--baseline-relative", "-r", multiple=True, metavar="KEY",
+              help="Compare KEY as a ratio to each report's own dense baseline run (e.g. latency), "
+                   "so a slower machine does not fail. Repeatable.")
+@click.option("--noise-sigmas", type=click.FloatRange(min=0),
+              help="Width of the noise band in combined spreads (default 1; 0 disables).")
+@click.option("--stderr-is-noise", is_flag=True, default=None,
+              help="Also treat a stderr (perplexity, accuracy) as run-to-run noise.")
+@click.option("--fail-on-missing", is_flag=True, default=None, help="Fail when a BASE run is not in NEW.")
+@click.option("--strict-match", is_flag=True, default=None,
+              help="Pair runs only by pipeline and parameters, never by run name.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the comparison as JSON here.")
+def compare(base, new, limits, thresholds_file, baseline_relative, noise_sigmas, stderr_is_noise, fail_on_missing,
+            strict_match, json_path):
+    """Compare NEW against BASE (result directories or report.json files).
+
+    Prints a Markdown table of every metric of every matching run with its change and
+    verdict. Exit code 1 when a metric got worse than its threshold allows (or a run that
+    was ok in BASE failed in NEW), 0 otherwise, 2 for invalid input.
+    """
+    from paqbench.compare import (
+        CompareOptions,
+        ReportNotFound,
+        ThresholdError,
+        compare_reports,
+        load_report,
+        load_thresholds_file,
+        parse_option,
+        to_markdown,
+        write_json,
+    )
+
+    try:
+        settings = load_thresholds_file(thresholds_file) if thresholds_file else {}
+        given = [parse_option(text) for text in limits]
+    except ThresholdError as exc:
+        _fail(str(exc))
+    keep = [t for t in settings.get("thresholds", ()) if t.key not in {g.key for g in given}]
+    settings["thresholds"] = (*keep, *given)
+    settings["baseline_relative"] = (*settings.get("baseline_relative", ()), *baseline_relative)
+    for name, value in (("noise_sigmas", noise_sigmas), ("stderr_is_noise", stderr_is_noise),
+                        ("fail_on_missing", fail_on_missing), ("strict_match", strict_match)):
+        if value is not None:
+            settings[name] = value
+    try:
+        base_report, new_report = load_report(base), load_report(new)
+    except ReportNotFound as exc:
+        _fail(str(exc))
+    comparison = compare_reports(base_report, new_report, CompareOptions(**settings), str(base), str(new))
+    click.echo(to_markdown(comparison))
+    if json_path:
+        write_json(comparison, json_path)
+    if comparison.failed:
+        names = [f"{d.run}: {d.key}" for d in comparison.regressions] + comparison.run_regressions
+        click.echo(f"REGRESSION ({len(names)}): " + "; ".join(names), err=True)
+        sys.exit(1)
 
 
 @main.command()

@@ -38,6 +38,7 @@ class RunSpec:
     limit: int | None = None
     sweep: dict[str, Any] = field(default_factory=dict)
     timeout: float | None = None
+    search: str | None = None  # the threshold search this run is a probe of (not part of the hash)
 
     @property
     def config_hash(self) -> str:
@@ -63,10 +64,50 @@ class RunSpec:
 
 
 @dataclass
+class SearchSpec:
+    """A threshold search: bisection over one step parameter of a pipeline, each probe a run.
+
+    ``template`` is the pipeline's run with the searched parameter at ``low``; a probe is
+    the template with the parameter at another value (its own config hash, so probes are
+    recorded and resumed like any run).
+    """
+
+    name: str
+    pipeline: str
+    template: RunSpec
+    step: int
+    param: str
+    label: str
+    low: float
+    high: float
+    tol: float
+    integer: bool
+    max_probes: int
+    objective: dict[str, Any]
+
+    def probe(self, value: float) -> RunSpec:
+        value = int(value) if self.integer else float(value)
+        steps = [{"method": s["method"], "params": dict(s["params"])} for s in self.template.steps]
+        steps[self.step]["params"][self.param] = value
+        sweep = {**self.template.sweep, self.label: value}
+        data = {**asdict(self.template), "steps": steps, "sweep": sweep, "search": self.name,
+                "name": f"{self.pipeline}[{_sweep_label(sweep)}]"}
+        return RunSpec(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "template": self.template.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchSpec:
+        return cls(**{**data, "template": RunSpec.from_dict(data["template"])})
+
+
+@dataclass
 class Plan:
     suite_name: str
     runs: list[RunSpec]
     resolved_suite: dict[str, Any]
+    searches: list[SearchSpec] = field(default_factory=list)
 
 
 @dataclass
@@ -135,19 +176,25 @@ def build_plan(loaded: LoadedSuite, registry: Registry, overrides: Overrides | N
         "timeout": suite.runner.timeout,
     }
     runs = [RunSpec(name=BASELINE, pipeline=BASELINE, steps=[], **common)]
+    searches: list[SearchSpec] = []
+    metric_names = {m.name for m in suite.metrics}
     for pipeline in pipelines:
         index = suite.pipelines.index(pipeline)
-        for steps, sweep in _expand_pipeline(loaded, registry, index, problems):
+        for steps, sweep, search in _expand_pipeline(loaded, registry, index, problems, metric_names):
             if not steps:
                 continue  # an empty pipeline is the baseline, which is always there
             name = pipeline.name + (f"[{_sweep_label(sweep)}]" if sweep else "")
-            runs.append(RunSpec(name=name, pipeline=pipeline.name, steps=steps, sweep=sweep, **common))
+            spec = RunSpec(name=name, pipeline=pipeline.name, steps=steps, sweep=sweep, **common)
+            if search is None:
+                runs.append(spec)
+            else:
+                searches.append(SearchSpec(name=name, pipeline=pipeline.name, template=spec, **search))
 
     if problems:
         raise SuiteError(problems)
     resolved = suite.model_dump()
     resolved["model"] = common["model"]
-    return Plan(suite_name=suite.name, runs=runs, resolved_suite=resolved)
+    return Plan(suite_name=suite.name, runs=runs, resolved_suite=resolved, searches=searches)
 
 
 def _at(loaded: LoadedSuite, path: tuple[str | int, ...], message: str, origin: str | None = None) -> Problem:
@@ -217,10 +264,89 @@ def _is_list_field(annotation: Any) -> bool:
     return any(_is_list_field(arg) for arg in typing.get_args(annotation)) if origin else False
 
 
+def _is_search(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"search"}
+
+
+def _is_int_field(annotation: Any) -> bool:
+    if annotation is int:
+        return True
+    return typing.get_origin(annotation) is not None and int in typing.get_args(annotation) \
+        and float not in typing.get_args(annotation)
+
+
+def _search_axis(
+    loaded: LoadedSuite, index: int, classes: list[Any], problems: list[Problem], metric_names: set[str]
+) -> dict[str, Any] | None:
+    """The pipeline's ``{search: ...}`` parameter and objective, checked; None if it has none."""
+    from paqbench.suite.schema import SearchConfig
+
+    pipeline = loaded.suite.pipelines[index]
+    found = [(i, key, value) for i, step in enumerate(pipeline.steps) for key, value in step.params.items()
+             if _is_search(value)]
+    objective_path = ("pipelines", index, "objective")
+    if not found:
+        if pipeline.objective is not None:
+            problems.append(loaded.problem(objective_path, "an objective needs a step parameter written as "
+                                           "{search: {low: ..., high: ...}} to search over"))
+        return None
+    bad = False
+    if len(found) > 1:
+        step_index, key, _ = found[1]
+        path = ("pipelines", index, "steps", step_index, "params", key)
+        problems.append(loaded.problem(_yaml_path(loaded, path), "only one parameter per pipeline can be searched"))
+        bad = True
+    step_index, key, value = found[0]
+    path = ("pipelines", index, "steps", step_index, "params", key)
+    if pipeline.objective is None:
+        problems.append(loaded.problem(("pipelines", index), f"{pipeline.steps[step_index].method}.{key} is "
+                                       "searched, so the pipeline needs an objective: {metric: metric/name, "
+                                       "max: ...} or {..., min: ...}"))
+        bad = True
+    else:
+        metric = pipeline.objective.metric.split("/", 1)[0]
+        if metric not in metric_names:
+            problems.append(loaded.problem((*objective_path, "metric"), f"metric {metric!r} is not measured by "
+                                           f"this suite (metrics: {', '.join(sorted(metric_names)) or 'none'})"))
+            bad = True
+    try:
+        config = SearchConfig.model_validate(value["search"])
+    except pydantic.ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown field {loc[-1]!r} (allowed: {', '.join(SearchConfig.model_fields)})"
+            elif err["type"] == "missing":
+                msg = f"search needs {loc[-1]!r}"
+            problems.append(loaded.problem(_yaml_path(loaded, (*path, "search", *loc)), msg))
+        return None
+    except TypeError:
+        problems.append(loaded.problem(_yaml_path(loaded, (*path, "search")), "expected {low: ..., high: ...}"))
+        return None
+    cls = classes[step_index]
+    model_field = cls.Params.model_fields.get(key)
+    if model_field is None:
+        return None  # reported by the parameter validation
+    integer = _is_int_field(model_field.annotation)
+    if integer and not (config.low.is_integer() and config.high.is_integer()):
+        problems.append(loaded.problem(_yaml_path(loaded, (*path, "search")),
+                                       f"{cls.name}.{key} is an integer; low and high must be integers"))
+        bad = True
+    if bad:
+        return None
+    tol = 1.0 if integer else (config.tol if config.tol is not None else (config.high - config.low) / 16)
+    objective = pipeline.objective.model_dump()
+    return {
+        "step": step_index, "param": key, "low": config.low, "high": config.high, "tol": tol,
+        "integer": integer, "max_probes": config.max_probes, "objective": objective,
+    }
+
+
 def _expand_pipeline(
-    loaded: LoadedSuite, registry: Registry, index: int, problems: list[Problem]
-) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
-    """All (steps, swept values) combinations of one pipeline."""
+    loaded: LoadedSuite, registry: Registry, index: int, problems: list[Problem], metric_names: set[str]
+) -> list[tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any] | None]]:
+    """All (steps, swept values, threshold search or None) combinations of one pipeline."""
     pipeline = loaded.suite.pipelines[index]
     axes: list[tuple[int, str, list[Any]]] = []
     classes = []
@@ -243,10 +369,18 @@ def _expand_pipeline(
                 axes.append((step_index, key, value))
     if any(cls is None for cls in classes):
         return []
+    search = _search_axis(loaded, index, classes, problems, metric_names)
+    has_search = any(_is_search(v) for step in pipeline.steps for v in step.params.values())
+    if has_search and search is None:
+        return []
 
     counts: dict[str, int] = {}
     for _, key, _ in axes:
         counts[key] = counts.get(key, 0) + 1
+    if search is not None:
+        counts[search["param"]] = counts.get(search["param"], 0) + 1
+        step_name = pipeline.steps[search["step"]].method
+        search["label"] = search["param"] if counts[search["param"]] == 1 else f"{step_name}.{search['param']}"
 
     combos = []
     for values in itertools.product(*(axis[2] for axis in axes)):
@@ -260,11 +394,22 @@ def _expand_pipeline(
                     params[key] = value
                     sweep[key if counts[key] == 1 else f"{step.method}.{key}"] = value
             path = ("pipelines", index, "steps", step_index, "params")
+            if search is not None and search["step"] == step_index:
+                # both ends of the searched range must be valid values of the parameter
+                cast = int if search["integer"] else float
+                for end in ("high", "low"):
+                    found: list[Problem] = []
+                    if _validate_params(loaded, cls, {**params, search["param"]: cast(search[end])}, path,
+                                        found) is None:
+                        problems += [Problem(p.file, p.line, p.path, f"{p.message} (the search's {end} end)")
+                                     for p in found]
+                        return []
+                params[search["param"]] = cast(search["low"])
             validated = _validate_params(loaded, cls, params, path, problems)
             if validated is None:
                 return []  # one bad combination is enough to report
             steps.append({"method": step.method, "params": validated})
-        combos.append((steps, sweep))
+        combos.append((steps, sweep, dict(search) if search is not None else None))
     return combos
 
 

@@ -24,6 +24,7 @@ class Report:
     missing: list[str] = field(default_factory=list)
     generated_at: str = ""
     schema_version: int = SCHEMA_VERSION
+    searches: list[dict[str, Any]] = field(default_factory=list)  # threshold searches: answer and probes
 
     @property
     def baseline(self) -> dict[str, Any] | None:
@@ -38,6 +39,7 @@ class Report:
             "suite": self.suite,
             "runs": self.runs,
             "missing_runs": self.missing,
+            "searches": self.searches,
         }
 
 
@@ -52,6 +54,8 @@ def _run_entry(result: RunResult) -> dict[str, Any]:
         "error": result.error,
         "load": result.load.__dict__ if result.load else None,
         "steps": [s.__dict__ for s in result.steps],
+        "planned_steps": spec.get("steps"),  # what was asked, also when a step failed part-way
+        "search": spec.get("search"),
         "metrics": [m.__dict__ for m in result.metrics],
         "measurements": result.measurements,
         "seed": spec.get("seed"),
@@ -75,6 +79,7 @@ def build_report(output_dir: Path) -> Report:
             missing.append(entry["name"])
         else:
             runs.append(_run_entry(result))
+    searches = _replay_searches(manifest, latest, runs, missing)
     environment = {}
     for result in latest.values():
         if result.environment:
@@ -86,4 +91,35 @@ def build_report(output_dir: Path) -> Report:
         runs=runs,
         missing=missing,
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        searches=searches,
     )
+
+
+def _replay_searches(
+    manifest: dict[str, Any], latest: dict[str, RunResult], runs: list[dict[str, Any]], missing: list[str]
+) -> list[dict[str, Any]]:
+    """Each threshold search re-derived from the recorded probes (the search is a pure
+    function of them); probe runs join ``runs``, an unfinished search joins ``missing``."""
+    from paqbench.planner import SearchSpec
+    from paqbench.runner.search import bisect
+
+    out = []
+    seen = {r["id"] for r in runs}
+    for data in manifest.get("searches") or []:
+        search = SearchSpec.from_dict(data)
+
+        def evaluate(spec, search=search):
+            result = latest.get(spec.config_hash)
+            if result is None:
+                return None
+            entry = _run_entry(result)
+            if entry["id"] not in seen:
+                seen.add(entry["id"])
+                runs.append(entry)
+            return entry
+
+        outcome = bisect(search, evaluate)
+        if outcome.status == "incomplete":
+            missing.append(f"{search.name} (threshold search; next probe {outcome.probes[-1].run})")
+        out.append(outcome.to_dict())
+    return out

@@ -11,6 +11,7 @@ from pathlib import Path
 from paqbench.planner import Plan, RunSpec
 from paqbench.registry import Registry
 from paqbench.runner.result import RunResult
+from paqbench.runner.search import SearchOutcome, bisect
 from paqbench.runner.store import ResultStore
 
 
@@ -25,6 +26,7 @@ class SessionSummary:
     skipped: list[RunSpec] = field(default_factory=list)
     interrupted: bool = False
     report_files: list[Path] = field(default_factory=list)
+    searches: list[SearchOutcome] = field(default_factory=list)
 
     @property
     def failed(self) -> list[RunResult]:
@@ -47,6 +49,7 @@ def prepare_output(plan: Plan, output_dir: Path, force: bool) -> ResultStore:
         "suite_name": plan.suite_name,
         "resolved_suite": plan.resolved_suite,
         "plan": [{"id": r.config_hash, "name": r.name, "pipeline": r.pipeline} for r in plan.runs],
+        "searches": [s.to_dict() for s in plan.searches],
     })
     return store
 
@@ -72,6 +75,26 @@ def run_plan(
     summary = SessionSummary(output_dir=output_dir)
     scratch = output_dir / ".scratch"
     total = len(plan.runs)
+
+    def run_one(spec: RunSpec, label: str) -> RunResult:
+        echo(f"{label}: running")
+        if isolation == "process":
+            from paqbench.runner.isolation import run_in_subprocess
+
+            result = run_in_subprocess(spec, plan.suite_name, scratch, spec.timeout, log_level)
+        else:
+            from paqbench.runner.execute import execute_run
+
+            result = execute_run(spec, plan.suite_name, scratch, registry)
+        store.append(result)
+        summary.ran.append(result)
+        if result.status == "ok":
+            echo(f"{label}: ok in {result.wall_s:.1f} s")
+        else:
+            message = (result.error or {}).get("message", "unknown error")
+            echo(f"{label}: FAILED in {result.wall_s:.1f} s: {message}")
+        return result
+
     try:
         for position, spec in enumerate(plan.runs, start=1):
             label = f"[{position}/{total}] {spec.name}"
@@ -79,22 +102,21 @@ def run_plan(
                 summary.skipped.append(spec)
                 echo(f"{label}: already recorded ({spec.config_hash}), skipped")
                 continue
-            echo(f"{label}: running")
-            if isolation == "process":
-                from paqbench.runner.isolation import run_in_subprocess
+            run_one(spec, label)
+        for search in plan.searches:
+            latest = store.latest() if resume and not force else {}
 
-                result = run_in_subprocess(spec, plan.suite_name, scratch, spec.timeout, log_level)
-            else:
-                from paqbench.runner.execute import execute_run
+            def evaluate(spec: RunSpec, search=search, latest=latest) -> dict:
+                label = f"[search {search.name}] {spec.name}"
+                recorded = latest.get(spec.config_hash)
+                if recorded is not None and recorded.status == "ok":
+                    summary.skipped.append(spec)
+                    echo(f"{label}: already recorded ({spec.config_hash}), reused")
+                    return recorded.to_dict()
+                return run_one(spec, label).to_dict()
 
-                result = execute_run(spec, plan.suite_name, scratch, registry)
-            store.append(result)
-            summary.ran.append(result)
-            if result.status == "ok":
-                echo(f"{label}: ok in {result.wall_s:.1f} s")
-            else:
-                message = (result.error or {}).get("message", "unknown error")
-                echo(f"{label}: FAILED in {result.wall_s:.1f} s: {message}")
+            outcome = bisect(search, evaluate)
+            summary.searches.append(outcome)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:

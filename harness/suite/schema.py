@@ -75,10 +75,48 @@ class StepConfig(_Strict):
         return _shorthand(value, key="method")
 
 
+class SearchConfig(_Strict):
+    """A step parameter written as ``{search: {low, high, tol}}``: bisection over it."""
+
+    low: float = Field(description="smallest value searched")
+    high: float = Field(description="largest value searched")
+    tol: float | None = Field(
+        None, gt=0, description="stop when the bracket is this narrow; default (high - low) / 16; 1 for integers"
+    )
+    max_probes: int = Field(12, ge=2, description="never run more probes than this (low and high included)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SearchConfig:
+        if not self.low < self.high:
+            raise ValueError(f"low must be less than high (low={self.low:g}, high={self.high:g})")
+        return self
+
+
+class ObjectiveConfig(_Strict):
+    """The bound a threshold search keeps: ``metric`` (``metric/name`` as in the report)
+    at most ``max`` or at least ``min``."""
+
+    metric: str = Field(description="measurement key, metric/name, e.g. perplexity/embedded or race/high/acc")
+    max: float | None = Field(None, description="the measurement must stay at or below this")
+    min: float | None = Field(None, description="the measurement must stay at or above this")
+    find: Literal["largest", "smallest"] = Field(
+        "largest", description="largest value that keeps the bound (damage grows with the parameter), or smallest"
+    )
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> ObjectiveConfig:
+        if (self.max is None) == (self.min is None):
+            raise ValueError("give exactly one of max or min")
+        return self
+
+
 class PipelineConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
     description: str = ""
     steps: list[StepConfig] = Field(default_factory=list)
+    objective: ObjectiveConfig | None = Field(
+        None, description="for a threshold search: the bound the searched parameter must keep"
+    )
 
 
 class RunnerConfig(_Strict):

@@ -1,0 +1,45 @@
+"""``paqbench compare``: two reports, run by run and metric by metric, with thresholds
+that turn a worse number into a failing exit code (the regression gate of ``tox -e bench``)."""
+
+from paqbench.compare.core import (
+    Comparison,
+    MetricDelta,
+    RunPair,
+    combined_noise,
+    compare_measurement,
+    compare_reports,
+    pair_runs,
+    run_signature,
+    spread_width,
+)
+from paqbench.compare.render import ReportNotFound, load_report, to_markdown, write_json
+from paqbench.compare.thresholds import (
+    CompareOptions,
+    Threshold,
+    ThresholdError,
+    load_thresholds_file,
+    parse_limit,
+    parse_option,
+)
+
+__all__ = [
+    "CompareOptions",
+    "Comparison",
+    "MetricDelta",
+    "ReportNotFound",
+    "RunPair",
+    "Threshold",
+    "ThresholdError",
+    "combined_noise",
+    "compare_measurement",
+    "compare_reports",
+    "load_report",
+    "load_thresholds_file",
+    "pair_runs",
+    "parse_limit",
+    "parse_option",
+    "run_signature",
+    "spread_width",
+    "to_markdown",
+    "write_json",
+]

@@ -1,0 +1,325 @@
+"""Compare two reports run by run and metric by metric; decide what regressed.
+
+Pure functions over ``report.json`` dicts: pairing runs, computing changes, the noise
+band of repeated measurements, ratios to each report's own dense baseline run, and the
+verdict against the thresholds. Loading and printing live elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from paqbench.compare.thresholds import CompareOptions, Threshold
+
+Verdict = Literal["better", "worse", "same", "within noise", "changed", "n/a", "missing", "new"]
+Mode = Literal["value", "ratio"]
+BASELINE = "baseline"
+
+_EPS = 1e-12  # float slack when a change is compared with a limit
+
+
+@dataclass(frozen=True)
+class MetricDelta:
+    """One measurement of one paired run, in BASE and in NEW, and the verdict."""
+
+    run: str
+    key: str  # metric/name
+    unit: str
+    better: str | None
+    mode: Mode  # value, or ratio to the report's own dense baseline run
+    base: float | None
+    new: float | None
+    abs_change: float | None
+    rel_change: float | None
+    noise: float | None  # half-width of the band a change must leave to count, in the compared unit
+    verdict: Verdict
+    threshold: Threshold | None
+    regressed: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RunPair:
+    """A run of BASE and the run of NEW it is compared with."""
+
+    base_name: str
+    new_name: str
+    pipeline: str
+    matched_by: Literal["parameters", "name"]
+    base_status: str
+    new_status: str
+    parameter_changes: tuple[str, ...] = ()
+
+
+@dataclass
+class Comparison:
+    base_label: str
+    new_label: str
+    options: CompareOptions
+    pairs: list[RunPair] = field(default_factory=list)
+    deltas: list[MetricDelta] = field(default_factory=list)
+    unmatched_base: list[str] = field(default_factory=list)
+    unmatched_new: list[str] = field(default_factory=list)
+    run_regressions: list[str] = field(default_factory=list)  # e.g. a run ok in BASE that failed in NEW
+
+    @property
+    def regressions(self) -> list[MetricDelta]:
+        return [d for d in self.deltas if d.regressed]
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.regressions or self.run_regressions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "base": self.base_label,
+            "new": self.new_label,
+            "failed": self.failed,
+            "regressions": [f"{d.run}: {d.key}" for d in self.regressions] + list(self.run_regressions),
+            "options": _jsonable(asdict(self.options)),
+            "pairs": [asdict(p) for p in self.pairs],
+            "unmatched_base": self.unmatched_base,
+            "unmatched_new": self.unmatched_new,
+            "run_regressions": self.run_regressions,
+            "deltas": [_jsonable(asdict(d)) for d in self.deltas],
+        }
+
+
+def _jsonable(data: Any) -> Any:
+    return json.loads(json.dumps(data, default=str, allow_nan=True))
+
+
+# -- pairing runs -----------------------------------------------------------------------
+
+
+def run_signature(run: dict[str, Any]) -> str:
+    """Pipeline and resolved step parameters: what makes two runs the same experiment."""
+    steps = run.get("planned_steps")
+    if steps is None:
+        steps = [{"method": s.get("name"), "params": s.get("params")} for s in run.get("steps") or []]
+    return json.dumps({"pipeline": run.get("pipeline"), "steps": steps}, sort_keys=True, default=str)
+
+
+def _step_params(run: dict[str, Any]) -> dict[str, Any]:
+    steps = run.get("planned_steps")
+    if steps is None:
+        steps = [{"method": s.get("name"), "params": s.get("params")} for s in run.get("steps") or []]
+    flat: dict[str, Any] = {}
+    for index, step in enumerate(steps, start=1):
+        for key, value in (step.get("params") or {}).items():
+            flat[f"step {index} {step.get('method')}.{key}"] = value
+    return flat
+
+
+def _parameter_changes(base: dict[str, Any], new: dict[str, Any]) -> tuple[str, ...]:
+    a, b = _step_params(base), _step_params(new)
+    return tuple(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+
+
+def pair_runs(
+    base_runs: list[dict[str, Any]], new_runs: list[dict[str, Any]], strict: bool = False
+) -> tuple[list[tuple[dict[str, Any], dict[str, Any], str]], list[str], list[str]]:
+    """Pair runs by pipeline and parameters; then (unless ``strict``) the rest by run name,
+    so a changed fixed parameter shows its effect instead of two unmatched runs."""
+    pairs: list[tuple[dict[str, Any], dict[str, Any], str]] = []
+    new_left = list(new_runs)
+    base_left = []
+    for run in base_runs:
+        signature = run_signature(run)
+        match = next((n for n in new_left if run_signature(n) == signature), None)
+        if match is None:
+            base_left.append(run)
+        else:
+            new_left.remove(match)
+            pairs.append((run, match, "parameters"))
+    if not strict:
+        for run in list(base_left):
+            match = next((n for n in new_left if n.get("name") == run.get("name")), None)
+            if match is not None:
+                new_left.remove(match)
+                base_left.remove(run)
+                pairs.append((run, match, "name"))
+    order = {r.get("name"): i for i, r in enumerate(base_runs)}
+    pairs.sort(key=lambda p: order.get(p[0].get("name"), 0))
+    return pairs, [r["name"] for r in base_left], [r["name"] for r in new_left]
+
+
+# -- one measurement ------------------------------------------------------------------
+
+
+def measurement_key(m: dict[str, Any]) -> str:
+    return m["metric"] if m.get("name") in (None, "", m["metric"]) else f"{m['metric']}/{m['name']}"
+
+
+def _index(run: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    if not run:
+        return {}
+    return {measurement_key(m): m for m in run.get("measurements") or [] if m.get("name") != "*"}
+
+
+def spread_width(m: dict[str, Any] | None, stderr_is_noise: bool = False) -> float | None:
+    """Half-width of a measurement's recorded spread: half the p10-p90 range, else the
+    sample stdev, else p90 - median; the stderr only when asked (a perplexity or an
+    accuracy is a deterministic function of the model and the data, so its stderr over
+    windows or questions says nothing about run-to-run noise)."""
+    spread = (m or {}).get("spread") or {}
+    if "p10" in spread and "p90" in spread:
+        return abs(spread["p90"] - spread["p10"]) / 2
+    if "stdev" in spread:
+        return abs(spread["stdev"])
+    if "p90" in spread and "median" in spread:
+        return abs(spread["p90"] - spread["median"])
+    if stderr_is_noise and "stderr" in spread:
+        return abs(spread["stderr"])
+    return None
+
+
+def combined_noise(width_a: float | None, width_b: float | None, sigmas: float) -> float | None:
+    """Half-width of the band of a difference of two noisy values (widths add in quadrature;
+    a side without a spread is assumed as noisy as the other)."""
+    if width_a is None and width_b is None:
+        return None
+    a = width_a if width_a is not None else width_b
+    b = width_b if width_b is not None else width_a
+    return sigmas * math.hypot(a or 0.0, b or 0.0)
+
+
+def _value(m: dict[str, Any] | None) -> float | None:
+    value = (m or {}).get("value")
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return float(value)
+
+
+def _ratio(
+    m: dict[str, Any] | None, dense: dict[str, Any] | None, stderr_is_noise: bool
+) -> tuple[float | None, float | None, str]:
+    """Value / dense-baseline value, and the ratio's noise (relative widths in quadrature)."""
+    value, reference = _value(m), _value(dense)
+    if value is None:
+        return None, None, ""
+    if reference is None or reference == 0:
+        return None, None, "no dense baseline value to divide by"
+    ratio = value / reference
+    wm, wd = spread_width(m, stderr_is_noise), spread_width(dense, stderr_is_noise)
+    if wm is None and wd is None:
+        return ratio, None, ""
+    rel = math.hypot((wm or 0.0) / value if value else 0.0, (wd or 0.0) / reference)
+    return ratio, abs(ratio) * rel, ""
+
+
+def worse_by(better: str | None, delta: float) -> float:
+    """How much worse a change of ``delta`` is (negative: better); any change for metrics without a direction."""
+    if better == "lower":
+        return delta
+    if better == "higher":
+        return -delta
+    return abs(delta)
+
+
+def compare_measurement(
+    run: str,
+    key: str,
+    base_m: dict[str, Any] | None,
+    new_m: dict[str, Any] | None,
+    options: CompareOptions,
+    base_dense: dict[str, Any] | None = None,
+    new_dense: dict[str, Any] | None = None,
+) -> MetricDelta:
+    """The verdict on one measurement. ``*_dense`` are the same measurement in each
+    report's dense baseline run, needed when ``key`` is compared as a ratio."""
+    ref = base_m or new_m or {}
+    unit, better = ref.get("unit", ""), ref.get("better")
+    threshold = options.threshold_for(key)
+    mode: Mode = "ratio" if options.is_baseline_relative(key) else "value"
+    reason = ""
+    if mode == "ratio":
+        base, base_noise, why_b = _ratio(base_m, base_dense, options.stderr_is_noise)
+        new, new_noise, why_n = _ratio(new_m, new_dense, options.stderr_is_noise)
+        reason = why_b or why_n
+        noise = None
+        if base_noise is not None or new_noise is not None:
+            noise = combined_noise(base_noise, new_noise, options.noise_sigmas)
+        unit = "x dense"
+    else:
+        base, new = _value(base_m), _value(new_m)
+        noise = None
+        if _value(base_m) is not None and _value(new_m) is not None:
+            noise = combined_noise(spread_width(base_m, options.stderr_is_noise),
+                                   spread_width(new_m, options.stderr_is_noise), options.noise_sigmas)
+
+    def result(verdict: Verdict, regressed: bool, abs_change=None, rel_change=None, why=reason) -> MetricDelta:
+        return MetricDelta(run, key, unit, better, mode, base, new, abs_change, rel_change, noise, verdict,
+                           threshold, regressed, why)
+
+    if base is None and new is None:
+        return result("n/a", False, why=reason or (ref.get("unavailable") or "no value on either side"))
+    if new is None:
+        why = reason or ("unavailable in NEW: " + new_m["unavailable"] if new_m and new_m.get("unavailable")
+                         else "missing in NEW")
+        return result("missing", threshold is not None and threshold.gated, why=why)
+    if base is None:
+        return result("new", False, why=reason or "not in BASE")
+
+    delta = new - base
+    rel = delta / abs(base) if base != 0 else None
+    if delta == 0:
+        return result("same", False, delta, rel)
+    if noise is not None and abs(delta) <= noise:
+        return result("within noise", False, delta, rel)
+    amount = worse_by(better, delta)
+    verdict: Verdict = "changed" if better not in ("lower", "higher") else ("worse" if amount > 0 else "better")
+    regressed = False
+    if threshold is not None and threshold.gated and amount > 0:
+        if threshold.kind == "absolute":
+            regressed = amount > threshold.limit + _EPS
+        else:
+            regressed = base == 0 or amount / abs(base) > threshold.limit + _EPS
+    return result(verdict, regressed, delta, rel)
+
+
+# -- whole reports ----------------------------------------------------------------------
+
+
+def _dense(report: dict[str, Any]) -> dict[str, Any] | None:
+    return next((r for r in report.get("runs") or [] if r.get("pipeline") == BASELINE and r.get("status") == "ok"),
+                None)
+
+
+def compare_reports(
+    base: dict[str, Any], new: dict[str, Any], options: CompareOptions | None = None,
+    base_label: str = "BASE", new_label: str = "NEW",
+) -> Comparison:
+    """Every measurement of every paired run, with verdicts against ``options``."""
+    options = options or CompareOptions()
+    comparison = Comparison(base_label=base_label, new_label=new_label, options=options)
+    pairs, comparison.unmatched_base, comparison.unmatched_new = pair_runs(
+        base.get("runs") or [], new.get("runs") or [], options.strict_match)
+    if options.fail_on_missing:
+        comparison.run_regressions += [f"{name}: not in NEW" for name in comparison.unmatched_base]
+    base_dense, new_dense = _index(_dense(base)), _index(_dense(new))
+
+    for base_run, new_run, how in pairs:
+        comparison.pairs.append(RunPair(
+            base_name=base_run["name"], new_name=new_run["name"], pipeline=new_run.get("pipeline", ""),
+            matched_by=how,  # type: ignore[arg-type]
+            base_status=base_run.get("status", "?"), new_status=new_run.get("status", "?"),
+            parameter_changes=_parameter_changes(base_run, new_run) if how == "name" else (),
+        ))
+        name = new_run["name"]
+        if base_run.get("status") == "ok" and new_run.get("status") != "ok":
+            message = ((new_run.get("error") or {}).get("message") or "failed").splitlines()[0]
+            comparison.run_regressions.append(f"{name}: failed in NEW ({message})")
+        base_ms, new_ms = _index(base_run), _index(new_run)
+        keys = list(base_ms) + [k for k in new_ms if k not in base_ms]
+        for key in keys:
+            if options.is_ignored(key):
+                continue
+            comparison.deltas.append(compare_measurement(
+                name, key, base_ms.get(key), new_ms.get(key), options,
+                base_dense.get(key), new_dense.get(key),
+            ))
+    return comparison

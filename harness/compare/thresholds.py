@@ -1,0 +1,169 @@
+"""Regression thresholds: which metrics may get how much worse, and how keys pick metrics.
+
+A key names a metric (``perplexity``: every measurement of that metric), a measurement
+(``latency/tpot``, ``race/high/acc``) or a glob over ``metric/name`` (``latency/*_s``). A
+limit is relative (``"2%"``: the value may get 2% worse) or absolute (``0.01``: worse by at
+most 0.01 in the metric's own unit). The most specific key wins: an exact measurement key
+before a metric key before a glob.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ThresholdError(ValueError):
+    """A threshold option or file that cannot be read; the message names it."""
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """How much worse the measurements matching ``key`` may get."""
+
+    key: str
+    limit: float
+    kind: Literal["relative", "absolute"]
+
+    @property
+    def gated(self) -> bool:
+        """False for ``none``: shown, never failing (a narrower key exempting part of a broader one)."""
+        return not math.isinf(self.limit)
+
+    def describe(self) -> str:
+        if not self.gated:
+            return "none"
+        return f"{self.limit * 100:g}%" if self.kind == "relative" else f"{self.limit:g}"
+
+
+def parse_limit(key: str, text: Any) -> Threshold:
+    """``"2%"`` -> relative 0.02; ``0.01`` or ``"0.01"`` -> absolute 0.01; ``none`` -> not gated."""
+    raw = str(text).strip()
+    if text is None or raw.lower() in ("none", "null", "off"):
+        return Threshold(key=key, limit=math.inf, kind="absolute")
+    try:
+        if raw.endswith("%"):
+            value, kind = float(raw[:-1]) / 100, "relative"
+        else:
+            value, kind = float(raw), "absolute"
+    except ValueError:
+        raise ThresholdError(
+            f"threshold for {key!r}: expected a number or a percentage like 2%, found {text!r}"
+        ) from None
+    if value < 0:
+        raise ThresholdError(f"threshold for {key!r} must not be negative, found {text!r}")
+    return Threshold(key=key, limit=value, kind=kind)  # type: ignore[arg-type]
+
+
+def parse_option(text: str) -> Threshold:
+    """One ``--max-regression KEY=LIMIT`` option."""
+    key, sep, limit = text.partition("=")
+    if not sep or not key.strip() or not limit.strip():
+        raise ThresholdError(
+            f"--max-regression expects KEY=LIMIT (e.g. perplexity=2% or race/acc=0.01), found {text!r}"
+        )
+    return parse_limit(key.strip(), limit)
+
+
+def key_matches(key: str, metric_key: str) -> bool:
+    metric = metric_key.split("/", 1)[0]
+    if any(ch in key for ch in "*?["):
+        return fnmatch.fnmatchcase(metric_key, key)
+    return key in (metric, metric_key) or metric_key.startswith(key + "/")
+
+
+def _specificity(key: str) -> tuple[int, int]:
+    glob = any(ch in key for ch in "*?[")
+    return (0 if glob else 1, len(key))
+
+
+def best_match(keys: list[str], metric_key: str) -> str | None:
+    """The most specific of ``keys`` that matches ``metric_key`` (or None)."""
+    matching = [k for k in keys if key_matches(k, metric_key)]
+    return max(matching, key=_specificity) if matching else None
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """Everything that decides a verdict, from the command line or a thresholds file."""
+
+    thresholds: tuple[Threshold, ...] = ()
+    baseline_relative: tuple[str, ...] = ()  # keys compared as ratios to each report's dense run
+    noise_sigmas: float = 1.0  # width of the noise band, in combined spreads
+    stderr_is_noise: bool = False  # also widen deterministic evaluations (perplexity, accuracy) by their stderr
+    fail_on_missing: bool = False  # a BASE run or gated measurement absent from NEW fails the comparison
+    strict_match: bool = False  # pair runs only by pipeline and parameters, never by run name
+    ignore: tuple[str, ...] = field(default_factory=tuple)  # keys left out of the table
+
+    def threshold_for(self, metric_key: str) -> Threshold | None:
+        by_key = {t.key: t for t in self.thresholds}
+        key = best_match(list(by_key), metric_key)
+        return by_key[key] if key is not None else None
+
+    def is_baseline_relative(self, metric_key: str) -> bool:
+        return best_match(list(self.baseline_relative), metric_key) is not None
+
+    def is_ignored(self, metric_key: str) -> bool:
+        return best_match(list(self.ignore), metric_key) is not None
+
+
+_FILE_KEYS = {"max_regression", "baseline_relative", "noise_sigmas", "stderr_is_noise", "fail_on_missing",
+              "strict_match", "ignore"}
+
+
+def load_thresholds_file(path: str | Path) -> dict[str, Any]:
+    """Read a thresholds YAML file into keyword arguments for :class:`CompareOptions`.
+
+    ``max_regression`` maps keys to limits; the other keys mirror the options. A file that
+    is only a mapping of keys to limits is read as ``max_regression``.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ThresholdError(f"{path}: cannot read thresholds file: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ThresholdError(f"{path}: invalid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ThresholdError(
+            f"{path}: expected a mapping (max_regression: {{metric: limit}}), found {type(data).__name__}"
+        )
+    if not set(data) & _FILE_KEYS:
+        data = {"max_regression": data}
+    unknown = sorted(set(data) - _FILE_KEYS)
+    if unknown:
+        raise ThresholdError(f"{path}: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(_FILE_KEYS))})")
+    out: dict[str, Any] = {}
+    limits = data.get("max_regression") or {}
+    if not isinstance(limits, dict):
+        raise ThresholdError(f"{path}: max_regression: expected a mapping of metric keys to limits")
+    try:
+        out["thresholds"] = tuple(parse_limit(str(k), v) for k, v in limits.items())
+    except ThresholdError as exc:
+        raise ThresholdError(f"{path}: max_regression: {exc}") from None
+    for name in ("baseline_relative", "ignore"):
+        value = data.get(name)
+        if value is not None:
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ThresholdError(f"{path}: {name}: expected a list of metric keys")
+            out[name] = tuple(value)
+    if "noise_sigmas" in data:
+        value = data["noise_sigmas"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ThresholdError(f"{path}: noise_sigmas: expected a non-negative number, found {value!r}")
+        out["noise_sigmas"] = float(value)
+    for name in ("stderr_is_noise", "fail_on_missing", "strict_match"):
+        if name in data:
+            if not isinstance(data[name], bool):
+                raise ThresholdError(f"{path}: {name}: expected true or false, found {data[name]!r}")
+            out[name] = data[name]
+    return out

@@ -1,0 +1,225 @@
+"""``paqbench compare``: pairing runs, changes and directions, thresholds, the noise band,
+ratios to the dense run, exit codes and outputs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+
+from paqbench.compare import (
+    CompareOptions,
+    ThresholdError,
+    combined_noise,
+    compare_measurement,
+    compare_reports,
+    load_thresholds_file,
+    parse_option,
+    spread_width,
+    to_markdown,
+)
+from tests.helpers import paqbench
+
+
+def _m(metric, name, value, unit="", better="lower", spread=None):
+    m = {"metric": metric, "name": name, "value": value, "unit": unit, "better": better}
+    if spread:
+        m["spread"] = spread
+    return m
+
+
+def _run(name, pipeline, steps, measurements, status="ok"):
+    return {"name": name, "pipeline": pipeline, "status": status, "error": None, "sweep": {},
+            "planned_steps": steps, "steps": [{"name": s["method"], "params": s["params"]} for s in steps],
+            "measurements": measurements}
+
+
+def _latency(tpot, stdev=0.001):
+    return _m("latency", "tpot", tpot, "s/token", "lower", {"median": tpot, "p90": tpot + stdev, "stdev": stdev})
+
+
+def make_report(ppl=20.0, acc=0.6, tpot_dense=0.10, tpot_pruned=0.09, pruned_ppl=30.0, sparsity=0.3):
+    steps = [{"method": "magnitude", "params": {"sparsity": sparsity, "targets": None}}]
+    return {"suite_name": "t", "runs": [
+        _run("baseline", "baseline", [], [
+            _m("perplexity", "embedded", ppl, "ppl", spread={"stderr": 2.0}),
+            _m("race", "high/acc", acc, "fraction", "higher", {"stderr": 0.05}),
+            _m("params", "total", 1000.0, "params", None),
+            _latency(tpot_dense),
+        ]),
+        _run(f"magnitude[sparsity={sparsity:g}]", "magnitude", steps, [
+            _m("perplexity", "embedded", pruned_ppl, "ppl", spread={"stderr": 3.0}),
+            _m("race", "high/acc", acc - 0.1, "fraction", "higher", {"stderr": 0.05}),
+            _m("params", "total", 1000.0, "params", None),
+            _latency(tpot_pruned),
+        ]),
+    ]}
+
+
+def _opts(*limits, **kwargs):
+    return CompareOptions(thresholds=tuple(parse_option(t) for t in limits), **kwargs)
+
+
+def test_identical_reports_pass_and_every_metric_is_listed():
+    report = make_report()
+    result = compare_reports(report, copy.deepcopy(report), _opts("perplexity=1%"))
+    assert not result.failed
+    assert len(result.deltas) == 8 and {d.verdict for d in result.deltas} == {"same"}
+    assert [p.matched_by for p in result.pairs] == ["parameters", "parameters"]
+
+
+def test_worse_perplexity_beyond_relative_threshold_regresses():
+    base, new = make_report(), make_report(pruned_ppl=30.9)  # +3%
+    result = compare_reports(base, new, _opts("perplexity=2%"))
+    (reg,) = result.regressions
+    assert (reg.run, reg.key, reg.verdict) == ("magnitude[sparsity=0.3]", "perplexity/embedded", "worse")
+    assert reg.abs_change == pytest.approx(0.9) and reg.rel_change == pytest.approx(0.03)
+    # within the threshold: worse, but no regression; and the stderr is not taken as noise by default
+    ok = compare_reports(base, make_report(pruned_ppl=30.3), _opts("perplexity=2%"))
+    assert not ok.failed
+    assert next(d for d in ok.deltas if d.key == "perplexity/embedded" and d.run != "baseline").verdict == "worse"
+    # lower perplexity is better: never a regression however large
+    better = compare_reports(base, make_report(pruned_ppl=20.0), _opts("perplexity=0%"))
+    assert not better.failed
+    assert next(d for d in better.deltas if d.key == "perplexity/embedded" and d.run != "baseline").verdict == "better"
+
+
+def test_higher_is_better_and_absolute_thresholds():
+    base = make_report(acc=0.60)
+    new = make_report(acc=0.58)  # -0.02 on both runs
+    assert compare_reports(base, new, _opts("race/high/acc=0.01")).regressions[0].key == "race/high/acc"
+    assert not compare_reports(base, new, _opts("race/high/acc=0.03")).failed
+    assert not compare_reports(base, make_report(acc=0.9), _opts("race=0")).failed  # higher is better
+
+
+def test_most_specific_key_wins_and_none_exempts():
+    opts = _opts("latency=1%", "latency/tpot=50%", "perplexity=none")
+    assert opts.threshold_for("latency/tpot").limit == 0.5
+    assert opts.threshold_for("latency/ttft").limit == 0.01
+    assert not opts.threshold_for("perplexity/embedded").gated
+    assert opts.threshold_for("race/high/acc") is None
+    assert _opts("latency/*_s=3%").threshold_for("latency/e2e_s").limit == 0.03
+    assert not compare_reports(make_report(), make_report(pruned_ppl=99.0), opts).failed
+
+
+def test_metric_without_direction_regresses_on_any_change_beyond_limit():
+    base, new = make_report(), make_report()
+    new["runs"][1]["measurements"][2]["value"] = 1010.0
+    (reg,) = compare_reports(base, new, _opts("params=0.5%")).regressions
+    assert reg.key == "params/total" and reg.verdict == "changed"
+    assert not compare_reports(base, new, _opts("params=2%")).failed
+
+
+def test_timing_change_inside_noise_band_is_not_a_regression():
+    base = {"spread": {"p10": 0.09, "p90": 0.11}, "value": 0.10, "unit": "s", "better": "lower"}
+    new = {"spread": {"p10": 0.095, "p90": 0.125}, "value": 0.11, "unit": "s", "better": "lower"}
+    assert spread_width(base) == pytest.approx(0.01)
+    noise = combined_noise(spread_width(base), spread_width(new), 1.0)
+    assert noise == pytest.approx(math.hypot(0.01, 0.015))
+    d = compare_measurement("r", "latency/e2e", base, new, _opts("latency=1%"))
+    assert d.verdict == "within noise" and not d.regressed  # +10% but inside +-0.018
+    far = {**new, "value": 0.13}
+    assert compare_measurement("r", "latency/e2e", base, far, _opts("latency=1%")).regressed
+    # stderr of a deterministic evaluation is not noise unless asked
+    ppl_b, ppl_n = _m("perplexity", "x", 20.0, spread={"stderr": 2.0}), _m("perplexity", "x", 21.0,
+                                                                               spread={"stderr": 2.0})
+    assert compare_measurement("r", "perplexity/x", ppl_b, ppl_n, _opts("perplexity=1%")).regressed
+    relaxed = _opts("perplexity=1%", stderr_is_noise=True)
+    assert compare_measurement("r", "perplexity/x", ppl_b, ppl_n, relaxed).verdict == "within noise"
+
+
+def test_ratios_to_dense_baseline_forgive_a_slower_machine():
+    base = make_report(tpot_dense=0.10, tpot_pruned=0.09)
+    slower = make_report(tpot_dense=0.20, tpot_pruned=0.18)  # everything 2x slower
+    assert compare_reports(base, slower, _opts("latency=10%")).failed
+    ratio = compare_reports(base, slower, _opts("latency=10%", baseline_relative=("latency",)))
+    assert not ratio.failed
+    d = next(d for d in ratio.deltas if d.key == "latency/tpot" and d.run != "baseline")
+    assert d.mode == "ratio" and d.base == pytest.approx(0.9) and d.new == pytest.approx(0.9)
+    # the pruned run got slower relative to its own dense run: 0.9x -> 1.2x
+    regressed = make_report(tpot_dense=0.20, tpot_pruned=0.24)
+    (reg,) = compare_reports(base, regressed, _opts("latency=10%", baseline_relative=("latency",))).regressions
+    assert reg.key == "latency/tpot" and reg.new == pytest.approx(1.2) and reg.noise is not None
+
+
+def test_pairing_by_parameters_then_name_and_unmatched_runs():
+    base = make_report()
+    renamed = make_report()
+    renamed["runs"][1]["name"] = "magnitude-renamed"  # same pipeline and parameters
+    result = compare_reports(base, renamed, _opts())
+    assert [(p.base_name, p.new_name, p.matched_by) for p in result.pairs][1] == (
+        "magnitude[sparsity=0.3]", "magnitude-renamed", "parameters")
+    changed = make_report()
+    changed["runs"][1]["planned_steps"][0]["params"]["targets"] = "mlp"  # a fixed parameter changed
+    pair = compare_reports(base, changed, _opts()).pairs[1]
+    assert pair.matched_by == "name" and "step 1 magnitude.targets: None -> 'mlp'" in pair.parameter_changes
+    strict = compare_reports(base, changed, _opts(strict_match=True))
+    assert strict.unmatched_base == ["magnitude[sparsity=0.3]"] and strict.unmatched_new == [
+        "magnitude[sparsity=0.3]"]
+    swept = make_report(sparsity=0.5)
+    result = compare_reports(base, swept, _opts())
+    assert result.unmatched_base == ["magnitude[sparsity=0.3]"] and result.unmatched_new == ["magnitude[sparsity=0.5]"]
+    assert not result.failed and compare_reports(base, swept, _opts(fail_on_missing=True)).failed
+
+
+def test_failed_run_and_missing_gated_metric_regress():
+    base, new = make_report(), make_report()
+    new["runs"][1]["status"] = "failed"
+    new["runs"][1]["error"] = {"message": "step 1 (magnitude) failed: boom"}
+    new["runs"][1]["measurements"] = new["runs"][1]["measurements"][2:]
+    result = compare_reports(base, new, _opts("perplexity=1%"))
+    assert result.run_regressions == ["magnitude[sparsity=0.3]: failed in NEW (step 1 (magnitude) failed: boom)"]
+    assert [d.key for d in result.regressions] == ["perplexity/embedded"]  # gated and now missing
+    assert next(d for d in result.deltas if d.key == "race/high/acc" and d.run != "baseline").verdict == "missing"
+
+
+def test_thresholds_file(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("max_regression:\n  perplexity: 2%\n  race/acc: 0.01\nbaseline_relative: [latency]\n"
+                    "noise_sigmas: 2\nfail_on_missing: true\n")
+    opts = CompareOptions(**load_thresholds_file(path))
+    assert [(t.key, t.kind, t.limit) for t in opts.thresholds] == [
+        ("perplexity", "relative", 0.02), ("race/acc", "absolute", 0.01)]
+    assert opts.baseline_relative == ("latency",) and opts.noise_sigmas == 2 and opts.fail_on_missing
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("perplexity: 1%\n")
+    assert load_thresholds_file(bare)["thresholds"][0].limit == 0.01
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_regression: {perplexity: lots}\n")
+    with pytest.raises(ThresholdError, match=r"bad.yaml: max_regression: threshold for 'perplexity'"):
+        load_thresholds_file(bad)
+    bad.write_text("max_regresion: {perplexity: 1%}\nnoise_sigmas: 1\n")
+    with pytest.raises(ThresholdError, match="unknown field 'max_regresion'"):
+        load_thresholds_file(bad)
+    with pytest.raises(ThresholdError, match="KEY=LIMIT"):
+        parse_option("perplexity")
+
+
+def test_markdown_names_regressions():
+    result = compare_reports(make_report(), make_report(pruned_ppl=40.0), _opts("perplexity=2%"))
+    md = to_markdown(result)
+    assert "**1 regression(s):** magnitude[sparsity=0.3]: perplexity/embedded" in md
+    assert "## Regressions" in md and "**REGRESSION** (worse)" in md and "+33.33%" in md
+
+
+def test_cli_exit_codes_markdown_and_json(tmp_path):
+    base, new = tmp_path / "base.json", tmp_path / "new.json"
+    base.write_text(json.dumps(make_report()))
+    new.write_text(json.dumps(make_report(pruned_ppl=31.0)))
+    out = tmp_path / "cmp.json"
+    worse = paqbench("compare", str(base), str(new), "--max-regression", "perplexity=2%", "--json", str(out))
+    assert worse.returncode == 1, worse.stderr
+    assert "REGRESSION (1): magnitude[sparsity=0.3]: perplexity/embedded" in worse.stderr
+    assert "| perplexity/embedded" in worse.stdout
+    data = json.loads(out.read_text())
+    assert data["failed"] and data["regressions"] == ["magnitude[sparsity=0.3]: perplexity/embedded"]
+    fine = paqbench("compare", str(base), str(new), "-t", "perplexity=5%")
+    assert fine.returncode == 0, fine.stderr
+    bad = paqbench("compare", str(base), str(new), "-t", "perplexity")
+    assert bad.returncode == 2 and "KEY=LIMIT" in bad.stderr and "Traceback" not in bad.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = paqbench("compare", str(base), str(empty))
+    assert missing.returncode == 2 and "neither results.jsonl nor report.json" in missing.stderr
