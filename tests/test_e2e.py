@@ -9,10 +9,10 @@ import pytest
 
 from tests.helpers import ROOT, paqbench
 
-SUITES = sorted((ROOT / "suites").glob("*.yaml"))
+SUITES = sorted((ROOT / "suites").rglob("*.yaml"))
 
 
-@pytest.mark.parametrize("suite", SUITES, ids=[s.stem for s in SUITES])
+@pytest.mark.parametrize("suite", SUITES, ids=[str(s.relative_to(ROOT / "suites").with_suffix("")) for s in SUITES])
 def test_every_shipped_suite_validates(suite):
     result = paqbench("validate", "-q", str(suite))
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,38 @@
+"""The seed studies' suites run end to end on a laptop: the embedded model, one
+evaluation and calibration window each (``--limit 1``). Minutes per suite on a CPU, so
+they have their own marker and tox env: ``pytest -m seeds`` / ``tox -e seeds``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tests.helpers import ROOT, paqbench
+
+SEED_SUITES = sorted((ROOT / "suites").glob("seed-*.yaml")) + [ROOT / "suites" / "race.yaml"]
+
+
+@pytest.mark.seeds
+@pytest.mark.realmodel
+@pytest.mark.parametrize("suite", SEED_SUITES, ids=[s.stem for s in SEED_SUITES])
+def test_seed_suite_runs_on_the_embedded_model(suite, tmp_path):
+    # Offline, the studies' calibration sets (C4 / WikiText-2 train from the hub) are not
+    # here: calibrate on the shared C4 sample instead; everything else is the shipped suite.
+    config = yaml.safe_load(suite.read_text())
+    config["calibration"] = {**config.get("calibration", {}), "dataset": "c4", "split": "validation"}
+    offline = tmp_path / suite.name
+    offline.write_text(yaml.safe_dump(config, sort_keys=False))
+    out = tmp_path / suite.stem
+    result = paqbench(
+        "run", str(offline), "--model", "smollm2-135m", "--device", "cpu", "--limit", "1", "-o", str(out),
+        timeout=3600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["runs"], "no runs recorded"
+    for run in report["runs"]:
+        assert run["status"] == "ok", (run["name"], run.get("error"))
+        values = [m["value"] for m in run["measurements"] if m["value"] is not None]
+        assert values, f"{run['name']} measured nothing"
