@@ -11,7 +11,7 @@ import yaml
 
 from tests.helpers import ROOT, paqbench
 
-SEED_SUITES = sorted((ROOT / "suites").glob("seed-*.yaml")) + [ROOT / "suites" / "race.yaml"]
+SEED_SUITES = [*sorted((ROOT / "suites").glob("seed-*.yaml")), ROOT / "suites" / "race.yaml"]
 
 
 @pytest.mark.seeds

@@ -3,6 +3,7 @@ then per-run details, then the environment."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ from tabulate import tabulate
 
 from paqbench import Reporter, hookimpl
 from paqbench.report.formatting import format_bytes, format_change, format_value, relative_change
+from paqbench.report.plots import plots_markdown, read_manifest
+from paqbench.report.search import search_lines
 
 
 def _measurement_keys(runs: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -136,6 +139,47 @@ def environment_lines(env: dict[str, Any]) -> list[str]:
     ]
 
 
+_CONTROL = {i: f"\\x{i:02x}" for i in range(32) if i not in (9, 10, 13)} | {127: "\\x7f"}
+
+
+def md_text(text: str) -> str:
+    """Model output made safe for one Markdown table cell: HTML and Markdown syntax escaped,
+    pipes escaped, line breaks as <br>, runs of spaces kept, other control characters shown as \\xNN."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\\", "\\\\")
+    for char in "`*_[]|#~":
+        text = text.replace(char, "\\" + char)
+    text = text.translate(_CONTROL).replace("\t", " ")
+    text = text.replace("\r\n", "<br>").replace("\n", "<br>").replace("\r", "<br>")
+    text = re.sub(r" {2,}", lambda spaces: " " + "&nbsp;" * (len(spaces.group()) - 1), text)  # kept, not collapsed
+    return text if text.strip() else "*(empty)*"
+
+
+def generation_samples(runs: list[dict[str, Any]]) -> list[str]:
+    """One table per prompt: the baseline's continuation first, then each run's."""
+    found = [(run, next((m for m in run["measurements"] if m["metric"] == "samples"), None)) for run in runs]
+    measured = [(run, m) for run, m in found if m is not None and (m.get("details") or {}).get("outputs")]
+    if not measured:
+        return []
+    details = measured[0][1]["details"]
+    prompts = list(dict.fromkeys(o["prompt"] for _, m in measured for o in m["details"]["outputs"]))
+    chat = "the tokenizer's chat template" if details.get("chat") and details.get("chat_template") else "plain text"
+    lines = ["## Generation samples", "",
+             f"Greedy continuations (do_sample=False), at most {details.get('max_new_tokens')} new tokens per prompt, "
+             f"prompted as {chat}. Only the generated text is shown.", ""]
+    for number, prompt in enumerate(prompts, start=1):
+        lines += [f"**Prompt {number}:** {md_text(prompt)}", "", "| run | continuation |", "|---|---|"]
+        for run, m in found:
+            if m is None or m.get("value") is None:
+                reason = (m or {}).get("unavailable") or ("run failed" if run["status"] != "ok" else "not measured")
+                lines.append(f"| {md_text(run['name'])} | *{md_text(reason)}* |")
+                continue
+            output = next((o for o in m["details"]["outputs"] if o["prompt"] == prompt), None)
+            text = md_text(output["text"]) if output else "*not measured*"
+            lines.append(f"| {md_text(run['name'])} | {text} |")
+        lines.append("")
+    return lines
+
+
 class MarkdownReporter(Reporter):
     name = "markdown"
     description = "report.md: summary table against the baseline, per-run details, environment."
@@ -150,8 +194,12 @@ class MarkdownReporter(Reporter):
         if report.missing:
             lines += [f"**Not yet run:** {', '.join(report.missing)} (run the suite again to resume).", ""]
         note = "Changes in brackets are against the baseline: relative (%), or in percentage points (pp) for fractions."
+        lines += search_lines(getattr(report, "searches", []))  # threshold searches, when the suite has any
         lines += ["## Summary", "", note, "",
-                  summary_table(report.runs), "", legend(report.runs), "", "## Runs", ""]
+                  summary_table(report.runs), "", legend(report.runs), ""]
+        lines += [*plots_markdown(read_manifest(directory, report)), ""]  # figures, when the plots reporter ran
+        lines += generation_samples(report.runs)  # the samples metric's texts, when measured
+        lines += ["## Runs", ""]
         for run in report.runs:
             lines += run_details(run)
         lines += environment_lines(report.environment)

@@ -1,0 +1,30 @@
+"""PNG figures next to report.md: quality against size, memory and latency with the Pareto
+front, a bubble chart (size, perplexity, latency), and sweeps as lines. The drawing is in
+:mod:`paqbench.report.plots`, the choice of what to draw in :mod:`paqbench.report.selection`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from paqbench import Reporter, hookimpl
+
+
+class PlotsReporter(Reporter):
+    name = "plots"
+    description = (
+        "PNG figures (matplotlib): quality (perplexity, else accuracy) against storage, nonzero parameters, "
+        "memory and latency with the Pareto front; a bubble chart (size, perplexity, latency as area); "
+        "sweeps as lines over the swept parameter. Runs without a value are named under the figure, "
+        "never drawn as zero. report.md links the figures."
+    )
+
+    def write(self, report, directory: Path) -> list[Path]:
+        from paqbench.report.plots import MANIFEST, write_plots
+
+        figures = write_plots(report, directory)
+        return [Path(directory) / f.file for f in figures] + [Path(directory) / MANIFEST]
+
+
+@hookimpl
+def paqbench_register_reporters(register):
+    register(PlotsReporter)
