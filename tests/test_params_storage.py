@@ -76,6 +76,10 @@ def test_storage_of_the_gguf_loaded_embedded_model(smollm2, tmp_path):
     values = {m.name: m for m in Storage().measure(model, Storage.Params(), make_run_context(tokenizer, tmp_path))}
     total, _, _ = count_parameters(model)
     assert values["checkpoint"].value == pytest.approx(4 * total, rel=0.001)
+    # cast copies must not untie the LM head from the embedding: stored once, 2 bytes each
+    half = {m.name: m for m in Storage().measure(model, Storage.Params(dtype="float16"),
+                                                  make_run_context(tokenizer, tmp_path))}
+    assert half["checkpoint"].value == pytest.approx(2 * total, rel=0.001)
 
 
 def test_macs_per_token_of_the_tiny_config(tiny_llama, make_context):

@@ -33,7 +33,7 @@ class Storage(Metric):
         state_dict = None
         if params.dtype != "model":
             dtype = _DTYPES[params.dtype]
-            state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+            state_dict = _cast_once(model.state_dict(), dtype)
         model.save_pretrained(target, safe_serialization=True, state_dict=state_dict)
         seconds = time.perf_counter() - began
         files = sorted(target.glob("*.safetensors"))
@@ -43,6 +43,21 @@ class Storage(Metric):
         yield self.make("checkpoint", weight_bytes, "bytes", "lower", details=details)
         yield self.make("bits_per_weight", weight_bytes * 8 / total_params, "bits", "lower")
         shutil.rmtree(target, ignore_errors=True)
+
+
+def _cast_once(state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Float tensors cast to ``dtype``, each shared tensor kept once (under its first
+    name): casting makes copies, and save_pretrained would then store a tied LM head
+    and its embedding twice."""
+    seen: set[tuple[int, tuple[int, ...]]] = set()
+    cast = {}
+    for key, tensor in state_dict.items():
+        identity = (tensor.data_ptr(), tuple(tensor.shape))
+        if tensor.numel() and identity in seen:
+            continue
+        seen.add(identity)
+        cast[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+    return cast
 
 
 @hookimpl
