@@ -15,7 +15,7 @@
 
 # Every layer format registers how to rebuild itself from a checkpoint on import, so that
 # load_quantized knows all of them in any process.
-from paqbench.quant import lut, nf4, vq, w8a8  # noqa: F401  (registration)
+from paqbench.quant import embedding, lut, nf4, vq, w8a8  # noqa: F401  (registration)
 from paqbench.quant.linear import QuantizedLinear, load_quantized, register_format, replace_with_quantized
 from paqbench.quant.quantizer import QuantConfig, QuantizedWeight
 

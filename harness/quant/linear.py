@@ -34,7 +34,7 @@ checkpoint), then :func:`load_quantized` (``replace_with_quantized`` + ``load_st
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -366,6 +366,18 @@ def register_format(marker: str, layer_class: type[nn.Module]) -> None:
     _FORMATS[marker] = layer_class
 
 
+#: Called by :func:`load_quantized` as ``hook(model, state_dict)`` after the quantized layers
+#: are rebuilt and before the tensors load: formats that span modules reconnect them here
+#: (e.g. an LM head tied to a quantized embedding, :mod:`paqbench.quant.embedding`).
+_LOAD_HOOKS: list[Callable[[nn.Module, Mapping[str, torch.Tensor]], None]] = []
+
+
+def register_load_hook(hook: Callable[[nn.Module, Mapping[str, torch.Tensor]], None]) -> None:
+    """Make :func:`load_quantized` call ``hook(model, state_dict)`` after rebuilding layers."""
+    if hook not in _LOAD_HOOKS:
+        _LOAD_HOOKS.append(hook)
+
+
 def replace_with_quantized(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
     """Swap in an empty quantized layer of the saved layout wherever ``state_dict`` holds
     one (a ``<name>.<marker>`` key of a registered format, e.g. ``qmeta``); returns the
@@ -406,6 +418,8 @@ def load_quantized(
     rebuild_blocks(model, state_dict)  # blocks shrunk by structured pruning: their sizes first
     rebuild_structured(model, state_dict)  # structured-pruning wrappers first: they hold the layers
     replace_with_quantized(model, state_dict)
+    for hook in _LOAD_HOOKS:
+        hook(model, state_dict)
     result = model.load_state_dict(state_dict, strict=False)
     tensors = _named_tensors(model)
     loaded = {id(tensor) for name, tensor in tensors.items() if name in state_dict}

@@ -23,7 +23,11 @@ def linear_macs(model: torch.nn.Module) -> tuple[int, int]:
     computes: a structurally pruned layer counts its smaller weight."""
     dense = nonzero = 0
     for module in model.modules():
-        if hasattr(module, "paqbench_numel"):
+        if hasattr(module, "paqbench_macs"):  # a module that says what it computes (embedding: 0, tied head)
+            module_dense, module_nonzero = module.paqbench_macs()
+            dense += int(module_dense)
+            nonzero += int(module_nonzero)
+        elif hasattr(module, "paqbench_numel"):
             dense += int(module.paqbench_numel())
             nonzero += int(module.paqbench_nonzero())
         elif isinstance(module, torch.nn.Linear):

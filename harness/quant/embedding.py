@@ -1,0 +1,309 @@
+"""The quantized token embedding, and an LM head tied to it through the same codes.
+
+In small models the token table is a large share of the weights (SmolLM2-135M: 28M of
+134M parameters, shared with the LM head), so quantizing only the decoder's Linears
+leaves the checkpoint far from 4 bits per weight. :class:`QuantizedEmbedding` stores the
+table in :class:`~paqbench.quant.linear.QuantizedLinear`'s layout, one table row per
+token (the "output row" of the layout) and groups along the hidden dimension:
+
+==========  ========  ===================================================================
+buffer      dtype     shape and meaning
+==========  ========  ===================================================================
+qweight     uint8     ``[vocab, ceil(dim * bits / 8)]`` codes packed along the hidden dim
+qzeros      uint8     ``[vocab, ceil(G * bits / 8)]`` zero points (codes), packed likewise
+scales      float16   ``[vocab, G]`` one scale per token row and group
+g_idx       int32     ``[dim]`` the group of each hidden column
+emeta       int32     ``[bits, group_size, symmetric, vocab, dim, padding_idx, tied]``
+==========  ========  ===================================================================
+
+Its forward gathers the packed rows of the requested tokens and dequantizes only those.
+
+:class:`TiedQuantizedHead` replaces an LM head whose weight was the embedding table. It
+holds no tensor of its own (the embedding is referenced, not registered as a child), so
+``state_dict`` and ``save_pretrained`` store the codes once, under the embedding's name;
+its forward dequantizes the table a chunk of vocabulary rows at a time.
+
+Loading: ``emeta`` marks the format (:func:`~paqbench.quant.linear.register_format`), and
+its ``tied`` entry tells :func:`~paqbench.quant.linear.load_quantized` (through a load
+hook) to put a :class:`TiedQuantizedHead` on the model's output embeddings again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from paqbench.quant.linear import register_format, register_load_hook, replace_module
+from paqbench.quant.packing import pack, packed_length, unpack
+from paqbench.quant.quantizer import SCALE_DTYPE, QuantConfig, QuantizedWeight, dequantize, quantize_rtn
+
+_BUFFERS = ("qweight", "qzeros", "scales", "g_idx", "emeta")
+#: Vocabulary rows the tied head dequantizes at once (SmolLM2: 16384 x 576 float32 = 38 MB).
+DEFAULT_CHUNK_ROWS = 16384
+
+
+class QuantizedEmbedding(nn.Module):
+    """A token embedding whose table is stored as packed low-bit codes."""
+
+    paqbench_layer_kind = "quantized-embedding"
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        bits: int,
+        group_size: int = -1,
+        symmetric: bool = False,
+        *,
+        padding_idx: int | None = None,
+        tied: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        """An empty table of the given layout (codes zero, scales one), ready for
+        ``load_state_dict``; use :meth:`from_embedding` to fill one. ``dtype`` is what the
+        forward returns (the model's dtype)."""
+        super().__init__()
+        config = QuantConfig(bits=bits, group_size=group_size, symmetric=symmetric)
+        groups = config.n_groups(embedding_dim)
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.bits = bits
+        self.group_size = group_size
+        self.symmetric = symmetric
+        self.padding_idx = padding_idx
+        self.tied = tied
+        #: The dtype of the embeddings the forward returns; follows ``model.to(dtype)``.
+        self.output_dtype = dtype
+        self.register_buffer(
+            "qweight",
+            torch.zeros(num_embeddings, packed_length(embedding_dim, bits), dtype=torch.uint8, device=device),
+        )
+        self.register_buffer(
+            "qzeros", torch.zeros(num_embeddings, packed_length(groups, bits), dtype=torch.uint8, device=device)
+        )
+        self.register_buffer("scales", torch.ones(num_embeddings, groups, dtype=SCALE_DTYPE, device=device))
+        self.register_buffer("g_idx", config.group_index(embedding_dim, device=device))
+        self.register_buffer("emeta", torch.zeros(7, dtype=torch.int32, device=device))
+        self._write_meta()
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def from_quantized(
+        cls, quantized: QuantizedWeight, *, padding_idx: int | None = None, tied: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> QuantizedEmbedding:
+        """Pack ``quantized`` (rows = tokens, columns = hidden dim) into a table."""
+        num_embeddings, embedding_dim = quantized.codes.shape
+        config = quantized.config
+        device = quantized.codes.device
+        table = cls(
+            num_embeddings, embedding_dim, config.bits, config.group_size, config.symmetric,
+            padding_idx=padding_idx, tied=tied, device=device, dtype=dtype,
+        )
+        if quantized.scales.shape[1] != table.n_groups:
+            raise ValueError(f"{quantized.scales.shape[1]} groups do not match {table.n_groups} of the layout")
+        table.qweight = pack(quantized.codes, config.bits)
+        table.qzeros = pack(quantized.zeros.to(device), config.bits)
+        table.scales = quantized.scales.to(device=device, dtype=SCALE_DTYPE).contiguous()
+        table.g_idx = quantized.g_idx.to(device=device, dtype=torch.int32).contiguous()
+        return table
+
+    @classmethod
+    @torch.no_grad()
+    def from_embedding(cls, embedding: nn.Embedding, config: QuantConfig, *, tied: bool = False) -> QuantizedEmbedding:
+        """Round-to-nearest quantization of ``embedding``'s table. Exact zeros (e.g. the
+        padding row) stay exactly zero: 0.0 is on every group's grid."""
+        weight = embedding.weight
+        quantized = quantize_rtn(weight, config)
+        return cls.from_quantized(quantized, padding_idx=embedding.padding_idx, tied=tied, dtype=weight.dtype)
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def n_groups(self) -> int:
+        return self.scales.shape[1]
+
+    @property
+    def config(self) -> QuantConfig:
+        return QuantConfig(self.bits, self.group_size, self.symmetric)
+
+    def unpack_codes(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The codes of the token ``rows`` (all when None), uint8 ``[rows, dim]``."""
+        packed = self.qweight if rows is None else self.qweight.index_select(0, rows)
+        return unpack(packed, self.bits, self.embedding_dim)
+
+    def unpack_zeros(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The zero points (codes) of the token ``rows`` (all when None), uint8 ``[rows, G]``."""
+        packed = self.qzeros if rows is None else self.qzeros.index_select(0, rows)
+        return unpack(packed, self.bits, self.n_groups)
+
+    def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The float32 table rows ``rows`` (all when None) the codes stand for."""
+        scales = self.scales if rows is None else self.scales.index_select(0, rows)
+        return dequantize(self.unpack_codes(rows), scales, self.unpack_zeros(rows), self.g_idx)
+
+    def dequantize_range(self, start: int, stop: int) -> torch.Tensor:
+        """The float32 table rows ``start:stop`` (slices, no gather)."""
+        codes = unpack(self.qweight[start:stop], self.bits, self.embedding_dim)
+        zeros = unpack(self.qzeros[start:stop], self.bits, self.n_groups)
+        return dequantize(codes, self.scales[start:stop], zeros, self.g_idx)
+
+    def quantized_weight(self) -> QuantizedWeight:
+        """The unpacked codes, scales, zeros and group index of the whole table."""
+        return QuantizedWeight(self.unpack_codes(), self.scales, self.unpack_zeros(), self.g_idx, self.config)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Gather the packed rows of ``input_ids`` and dequantize only those: the float
+        table never exists."""
+        flat = input_ids.reshape(-1).to(device=self.qweight.device, dtype=torch.long)
+        rows = self.dequantize(flat).to(self.output_dtype)
+        return rows.reshape(*input_ids.shape, self.embedding_dim)
+
+    def _write_meta(self) -> None:
+        padding = -1 if self.padding_idx is None else self.padding_idx
+        meta = [
+            self.bits, self.group_size, int(self.symmetric), self.num_embeddings, self.embedding_dim,
+            padding, int(self.tied),
+        ]
+        self.emeta = torch.tensor(meta, dtype=torch.int32, device=self.qweight.device)
+
+    # ------------------------------------------------------------------ accounting
+
+    def paqbench_numel(self) -> int:
+        """Logical parameters: the table this module stands for (counted once even when
+        the LM head is tied to it)."""
+        return self.num_embeddings * self.embedding_dim
+
+    @torch.no_grad()
+    def paqbench_nonzero(self) -> int:
+        """Table entries that dequantize to a nonzero value (code != zero point)."""
+        nonzero = 0
+        for start in range(0, self.num_embeddings, DEFAULT_CHUNK_ROWS):
+            stop = min(start + DEFAULT_CHUNK_ROWS, self.num_embeddings)
+            codes = unpack(self.qweight[start:stop], self.bits, self.embedding_dim)
+            zeros = unpack(self.qzeros[start:stop], self.bits, self.n_groups).index_select(1, self.g_idx.long())
+            nonzero += int((codes != zeros).sum())
+        return nonzero
+
+    def paqbench_storage_bits(self) -> int:
+        """Bits actually stored: packed codes, packed zeros, scales, group index, metadata."""
+        return sum(getattr(self, name).numel() * getattr(self, name).element_size() * 8 for name in _BUFFERS)
+
+    def paqbench_macs(self) -> tuple[int, int]:
+        """An embedding is a gather, not a matmul: no multiply-accumulates."""
+        return 0, 0
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, group_size={self.group_size}, "
+            f"symmetric={self.symmetric}, padding_idx={self.padding_idx}, tied={self.tied}"
+        )
+
+    def _apply(self, fn: Any, recurse: bool = True) -> QuantizedEmbedding:
+        """``model.to(dtype)`` / ``.half()`` change the output dtype, not the scales (they
+        are part of the stored format, float16). Device moves apply to everything."""
+        scales = self.scales
+        result = super()._apply(fn, recurse)
+        probe = fn(torch.empty(0, dtype=self.output_dtype, device=scales.device))
+        self.output_dtype = probe.dtype
+        self.scales = scales.to(device=probe.device)
+        return result
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def empty_from_state(
+        cls, state_dict: Mapping[str, torch.Tensor], name: str, device: torch.device
+    ) -> QuantizedEmbedding:
+        """An empty table of the layout saved under ``name`` in ``state_dict``."""
+        bits, group_size, symmetric, vocab, dim, padding, tied = (int(v) for v in state_dict[f"{name}.emeta"].tolist())
+        return cls(
+            vocab, dim, bits, group_size, bool(symmetric), padding_idx=None if padding < 0 else padding,
+            tied=bool(tied), device=device,
+        )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
+        """After loading, the Python-side layout follows the loaded ``emeta``."""
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        bits, group_size, symmetric, vocab, dim, padding, tied = (int(v) for v in self.emeta.tolist())
+        self.bits, self.group_size, self.symmetric = bits, group_size, bool(symmetric)
+        self.num_embeddings, self.embedding_dim = vocab, dim
+        self.padding_idx = None if padding < 0 else padding
+        self.tied = bool(tied)
+
+
+class TiedQuantizedHead(nn.Module):
+    """An LM head tied to a :class:`QuantizedEmbedding`: logits against the dequantized
+    table, so the codes are stored once. Holds no tensors (the embedding is a plain
+    reference, not a child module, so it is neither saved nor counted twice)."""
+
+    paqbench_layer_kind = "tied-quantized-head"
+
+    def __init__(self, embedding: QuantizedEmbedding, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+        super().__init__()
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+        object.__setattr__(self, "embedding", embedding)  # not registered: no second copy in state_dict
+        self.chunk_rows = chunk_rows
+
+    @property
+    def in_features(self) -> int:
+        return self.embedding.embedding_dim
+
+    @property
+    def out_features(self) -> int:
+        return self.embedding.num_embeddings
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``F.linear(hidden, table)``, the table dequantized ``chunk_rows`` rows at a time."""
+        table = self.embedding
+        vocab = table.num_embeddings
+        if vocab <= self.chunk_rows:
+            return F.linear(hidden, table.dequantize_range(0, vocab).to(hidden.dtype))
+        parts = [
+            F.linear(hidden, table.dequantize_range(start, min(start + self.chunk_rows, vocab)).to(hidden.dtype))
+            for start in range(0, vocab, self.chunk_rows)
+        ]
+        return torch.cat(parts, dim=-1)
+
+    def paqbench_macs(self) -> tuple[int, int]:
+        """The logits matmul: ``vocab x dim`` MACs per token (the table is stored, and
+        counted as parameters, once: by the embedding)."""
+        dense = self.out_features * self.in_features
+        return dense, int(self.embedding.paqbench_nonzero())
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, chunk_rows={self.chunk_rows}"
+
+
+def tie_quantized_head(model: nn.Module, embedding: QuantizedEmbedding) -> TiedQuantizedHead:
+    """Put a :class:`TiedQuantizedHead` on ``embedding`` where ``model``'s output
+    embeddings (``get_output_embeddings()``, the LM head) are."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embeddings (LM head) to tie to the quantized table")
+    name = next((n for n, m in model.named_modules() if m is head), None)
+    if name is None:
+        raise ValueError("the LM head is not a submodule of the model")
+    tied = TiedQuantizedHead(embedding)
+    replace_module(model, name, tied)
+    return tied
+
+
+def _retie_heads(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load hook: a saved table marked ``tied`` gets its LM head back."""
+    for module in list(model.modules()):
+        if isinstance(module, QuantizedEmbedding) and module.tied:
+            tie_quantized_head(model, module)
+
+
+register_format("emeta", QuantizedEmbedding)
+register_load_hook(_retie_heads)
