@@ -152,6 +152,61 @@ def test_tied_head_logits_are_exactly_the_linear_of_the_dequantized_table(make_c
         assert torch.equal(chunked[..., start:stop], F.linear(hidden, table[start:stop]))
 
 
+needs_int4 = pytest.mark.skipif(
+    not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"), reason="this torch has no CPU int4 kernel"
+)
+
+
+def table_head(vocab: int, dim: int, bits: int, group_size: int, symmetric: bool = False) -> TiedQuantizedHead:
+    generator = torch.Generator().manual_seed(1)
+    embedding = torch.nn.Embedding(vocab, dim)
+    embedding.weight.data = torch.randn(vocab, dim, generator=generator)
+    table = QuantizedEmbedding.from_embedding(embedding, QuantConfig(bits, group_size, symmetric), tied=True)
+    return TiedQuantizedHead(table)
+
+
+@needs_int4
+def test_tied_head_multiplies_by_the_4bit_codes_for_bfloat16_activations():
+    """The head is the largest matmul of a small model: with bfloat16 activations it runs
+    the int4 kernel on the table's codes (576 = 4 x 128 + 64 columns, as in SmolLM2), as
+    close to exact arithmetic on the dequantized table as bfloat16 dequantize-then-matmul;
+    float32 activations keep the reference path."""
+    head = table_head(vocab=320, dim=576, bits=4, group_size=128)
+    hidden = torch.randn(2, 3, 576, generator=torch.Generator().manual_seed(2))
+    table = head.embedding.dequantize()
+    exact = F.linear(hidden, table)
+    assert torch.equal(head(hidden), exact) and head.kernel == "reference"
+    fast = head(hidden.to(torch.bfloat16))
+    assert head.kernel == "int4-cpu" and fast.dtype == torch.bfloat16 and fast.shape == (2, 3, 320)
+    reference = F.linear(hidden.to(torch.bfloat16), table.to(torch.bfloat16)).float()
+    error = float((fast.float() - exact).norm() / exact.norm())
+    reference_error = float((reference - exact).norm() / exact.norm())
+    assert error <= max(2 * reference_error, 0.02)
+
+
+@needs_int4
+def test_tied_head_rebuilds_its_kernel_when_the_table_changes():
+    head = table_head(vocab=64, dim=128, bits=4, group_size=64)
+    hidden = torch.randn(4, 128, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    before = head(hidden)
+    assert head.kernel == "int4-cpu"
+    with torch.no_grad():
+        head.embedding.qweight[:32].zero_()  # an in-place edit: rows 0-31 now decode to other values
+    after = head(hidden)
+    assert not torch.equal(before[:, :32], after[:, :32])
+    expected = F.linear(hidden.float(), head.embedding.dequantize())
+    assert float((after.float() - expected).norm() / expected.norm()) < 0.02
+
+
+def test_tied_head_without_a_kernel_layout_stays_on_the_reference_path():
+    """Tokens rows not a multiple of 16, or 3-bit codes: no int4 kernel; exact reference."""
+    for head in (table_head(vocab=70, dim=128, bits=4, group_size=64), table_head(64, 128, 3, 64)):
+        hidden = torch.randn(2, 128).to(torch.bfloat16)
+        out = head(hidden)
+        assert head.kernel == "reference"
+        assert torch.equal(out, F.linear(hidden, head.embedding.dequantize().to(torch.bfloat16)))
+
+
 def test_untied_head_becomes_a_quantized_linear_on_the_same_grid(make_context):
     model = llama(False)
     head_weight = model.lm_head.weight.detach().clone()

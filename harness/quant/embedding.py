@@ -21,7 +21,11 @@ Its forward gathers the packed rows of the requested tokens and dequantizes only
 :class:`TiedQuantizedHead` replaces an LM head whose weight was the embedding table. It
 holds no tensor of its own (the embedding is referenced, not registered as a child), so
 ``state_dict`` and ``save_pretrained`` store the codes once, under the embedding's name;
-its forward dequantizes the table a chunk of vocabulary rows at a time.
+its forward dequantizes the table a chunk of vocabulary rows at a time, or, for
+float16/bfloat16 activations on a CPU with torch's int4 kernel, multiplies by the codes
+directly (:mod:`paqbench.quant.kernels`, the same probe and policy as the Linears). The
+head is the largest single matmul of a small model (SmolLM2: 49152 x 576), so this is
+where a 4-bit table pays off at decode time.
 
 Loading: ``emeta`` marks the format (:func:`~paqbench.quant.linear.register_format`), and
 its ``tied`` entry tells :func:`~paqbench.quant.linear.load_quantized` (through a load
@@ -37,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paqbench.quant import kernels
 from paqbench.quant.linear import register_format, register_load_hook, replace_module
 from paqbench.quant.packing import pack, packed_length, unpack
 from paqbench.quant.quantizer import SCALE_DTYPE, QuantConfig, QuantizedWeight, dequantize, quantize_rtn
@@ -253,6 +258,10 @@ class TiedQuantizedHead(nn.Module):
             raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
         object.__setattr__(self, "embedding", embedding)  # not registered: no second copy in state_dict
         self.chunk_rows = chunk_rows
+        #: The forward path in use: "reference" or a fast kernel's name.
+        self.kernel = kernels.REFERENCE
+        self._kernel: kernels.Kernel | None = None
+        self._kernel_key: tuple[Any, ...] | None = None
 
     @property
     def in_features(self) -> int:
@@ -263,8 +272,16 @@ class TiedQuantizedHead(nn.Module):
         return self.embedding.num_embeddings
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``F.linear(hidden, table)``, the table dequantized ``chunk_rows`` rows at a time."""
+        """``F.linear(hidden, table)``: a fast kernel on the codes where one applies, else
+        the table dequantized ``chunk_rows`` rows at a time."""
         table = self.embedding
+        key = (hidden.device, hidden.dtype, table.qweight.data_ptr(), table.qweight._version,
+               table.scales.data_ptr(), table.scales._version)
+        if self._kernel_key != key:
+            self._select_kernel(hidden.device, hidden.dtype, key)
+        if self._kernel is not None:
+            flat = hidden.reshape(-1, self.in_features)
+            return self._kernel.run(flat).reshape(*hidden.shape[:-1], self.out_features)
         vocab = table.num_embeddings
         if vocab <= self.chunk_rows:
             return F.linear(hidden, table.dequantize_range(0, vocab).to(hidden.dtype))
@@ -274,6 +291,12 @@ class TiedQuantizedHead(nn.Module):
         ]
         return torch.cat(parts, dim=-1)
 
+    @torch.no_grad()
+    def _select_kernel(self, device: torch.device, dtype: torch.dtype, key: tuple[Any, ...]) -> None:
+        self._kernel = kernels.select_kernel(_TableAsLinear(self.embedding), torch.device(device), dtype)
+        self._kernel_key = key
+        self.kernel = self._kernel.name if self._kernel is not None else kernels.REFERENCE
+
     def paqbench_macs(self) -> tuple[int, int]:
         """The logits matmul: ``vocab x dim`` MACs per token (the table is stored, and
         counted as parameters, once: by the embedding)."""
@@ -282,6 +305,21 @@ class TiedQuantizedHead(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, chunk_rows={self.chunk_rows}"
+
+
+class _TableAsLinear:
+    """A :class:`QuantizedEmbedding` seen as the ``[vocab, dim]`` linear layer the tied
+    head computes: the attributes :func:`paqbench.quant.kernels.select_kernel` reads."""
+
+    def __init__(self, table: QuantizedEmbedding) -> None:
+        self.bits = table.bits
+        self.in_features = table.embedding_dim
+        self.out_features = table.num_embeddings
+        self.scales = table.scales
+        self.g_idx = table.g_idx
+        self.unpack_codes = table.unpack_codes
+        self.unpack_zeros = table.unpack_zeros
+        self.dequantize = table.dequantize
 
 
 def tie_quantized_head(model: nn.Module, embedding: QuantizedEmbedding) -> TiedQuantizedHead:

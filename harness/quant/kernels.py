@@ -1,4 +1,5 @@
-"""Fast forward paths for :class:`paqbench.quant.linear.QuantizedLinear`.
+"""Fast forward paths for :class:`paqbench.quant.linear.QuantizedLinear` (and the LM
+head tied to a :class:`~paqbench.quant.embedding.QuantizedEmbedding`).
 
 A fast path is a real low-bit kernel that multiplies by the codes without building the
 float weight. One is used only when it exists in this torch build, the layer's layout
@@ -33,18 +34,31 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-
-if TYPE_CHECKING:
-    from paqbench.quant.linear import QuantizedLinear
 
 POLICY_ENV = "PAQBENCH_QUANT_KERNEL"
 REFERENCE = "reference"
 _HALF = (torch.float16, torch.bfloat16)
 _INT4_GROUPS = (256, 128, 64, 32)
+
+
+class PackedLayout(Protocol):
+    """What a kernel reads from a packed layer: its codes in the
+    :class:`~paqbench.quant.linear.QuantizedLinear` layout (``[out, in]``, groups along
+    ``in``). QuantizedLinear has it; so does a quantized token table seen as the head."""
+
+    bits: int
+    in_features: int
+    out_features: int
+    scales: torch.Tensor
+    g_idx: torch.Tensor
+
+    def unpack_codes(self) -> torch.Tensor: ...
+    def unpack_zeros(self) -> torch.Tensor: ...
+    def dequantize(self) -> torch.Tensor: ...
 
 
 @dataclass
@@ -65,7 +79,7 @@ def policy() -> str:
     return value
 
 
-def select_kernel(layer: QuantizedLinear, device: torch.device, dtype: torch.dtype) -> Kernel | None:
+def select_kernel(layer: PackedLayout, device: torch.device, dtype: torch.dtype) -> Kernel | None:
     """The first fast path that applies to ``layer`` for activations of ``dtype`` on
     ``device`` and passes the probe; None means the reference path."""
     mode = policy()
@@ -84,7 +98,7 @@ def select_kernel(layer: QuantizedLinear, device: torch.device, dtype: torch.dty
 
 
 @torch.no_grad()
-def probe(layer: QuantizedLinear, kernel: Kernel, dtype: torch.dtype, rows: int = 8) -> bool:
+def probe(layer: PackedLayout, kernel: Kernel, dtype: torch.dtype, rows: int = 8) -> bool:
     """Whether ``kernel`` may replace the reference path. Two checks:
 
     1. Precision: the weight the kernel effectively multiplies by differs from the
@@ -131,7 +145,7 @@ def _chunk_groups(g_idx: torch.Tensor, chunk: int) -> torch.Tensor | None:
     return blocks[:, 0]
 
 
-def _int4_cpu(layer: QuantizedLinear, dtype: torch.dtype) -> Kernel | None:
+def _int4_cpu(layer: PackedLayout, dtype: torch.dtype) -> Kernel | None:
     convert = getattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu", None)
     matmul = getattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu", None)
     if layer.bits != 4 or convert is None or matmul is None or layer.out_features % 16:
@@ -157,7 +171,7 @@ def _int4_cpu(layer: QuantizedLinear, dtype: torch.dtype) -> Kernel | None:
     return Kernel("int4-cpu", lambda x: matmul(x, packed, chunk, scale_offset), effective_weight)
 
 
-def _int8_cpu(layer: QuantizedLinear, dtype: torch.dtype) -> Kernel | None:
+def _int8_cpu(layer: PackedLayout, dtype: torch.dtype) -> Kernel | None:
     matmul = getattr(torch.ops.aten, "_weight_int8pack_mm", None)
     if layer.bits != 8 or matmul is None:
         return None

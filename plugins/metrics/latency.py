@@ -26,6 +26,7 @@ from pydantic import Field
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from paqbench import Metric, Params, RunContext, hookimpl
+from paqbench.layers import kernels_in_use
 from paqbench.stats import summarize
 
 DECODING = (
@@ -359,6 +360,9 @@ class Latency(Metric):
             "max_iterations": cap,
             "ttft": "from the generate() call to the prefill's logits (first logits processor)",
         }
+        kernels = kernels_in_use(model)
+        if kernels:
+            details["kernels"] = kernels  # the forward paths the timed calls ran on
         rates = [derive_rates(t.ttft_s, t.e2e_s, params.prompt_tokens, params.new_tokens,
                               params.batch_size) for t in timings]
         series: list[tuple[str, list[float], str, str]] = [
