@@ -26,9 +26,14 @@ from paqbench.quant.sequential import BlockInputs, collect_inputs, layer_sequent
 class GPTQParams(WeightQuantParams):
     damp: float = Field(0.01, ge=0.0, description="dampening added to diag(H), as a fraction of its mean (percdamp)")
     block_size: int = Field(128, gt=0, description="columns per lazy-update block (speed only)")
-    act_order: bool = Field(False, description="quantize columns in order of decreasing diag(H) (desc_act)")
+    act_order: bool = Field(
+        True, description="quantize columns in order of decreasing diag(H) (desc_act); on SmolLM2-135M 4-bit "
+        "g128 it is what makes GPTQ beat RTN (WikiText-2 ppl 39.5 with static groups, 37.0 without, "
+        "against RTN 41.0; 43.1 with no act order)"
+    )
     static_groups: bool = Field(
-        False, description="with act_order: fix each group's grid from the unquantized weight first"
+        True, description="with act_order: fix each group's grid from the unquantized weight first, so the "
+        "groups stay contiguous (llm-compressor's default 'static' act order; the CPU int4 kernel needs it)"
     )
     true_sequential: bool = Field(
         True, description="within a block, collect each group of layers' inputs (q/k/v, o, gate/up, down) "
