@@ -48,3 +48,15 @@ def smollm2():
 
     return load_pretrained(str(path.parent), ModelConfig(source="smollm2-135m", dtype="float32"),
                            torch.device("cpu"), torch.float32, gguf_file=path.name)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small matrices on a shared 2-core machine: one thread avoids OpenMP contention.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -8,6 +8,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,3 +42,11 @@ pipelines:
     steps:
       - magnitude: {sparsity: [0.25, 0.5]}
 """
+
+#: Tests of the CPU int4 / int8 weight-only kernels skip where this torch build lacks them.
+needs_int4 = pytest.mark.skipif(
+    not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"), reason="this torch has no CPU int4 kernel"
+)
+needs_int8 = pytest.mark.skipif(
+    not hasattr(torch.ops.aten, "_weight_int8pack_mm"), reason="this torch has no CPU int8 kernel"
+)

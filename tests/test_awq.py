@@ -28,13 +28,7 @@ from paqbench.registry import get_registry
 OUTLIERS = [3, 17, 40]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small matrices on a shared 2-core machine: one thread avoids OpenMP contention."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def outlier_llama(**overrides) -> nn.Module:

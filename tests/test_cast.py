@@ -15,18 +15,9 @@ from paqbench.plugins.metrics.latency import Latency
 from paqbench.quant import load_quantized
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.registry import get_registry
+from tests.helpers import needs_int4
 
-needs_int4 = pytest.mark.skipif(
-    not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"), reason="this torch has no CPU int4 kernel"
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ids() -> torch.Tensor:

@@ -24,17 +24,12 @@ from paqbench.quant.linear import QuantizedLinear
 from paqbench.quant.packing import packed_length
 from paqbench.quant.quantizer import QuantConfig, quantize_rtn
 from paqbench.registry import get_registry
+from tests.helpers import needs_int4
 
 VOCAB, DIM = 260, 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small matrices on a shared 2-core machine: one thread avoids OpenMP contention."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def llama(tied: bool) -> torch.nn.Module:
@@ -150,11 +145,6 @@ def test_tied_head_logits_are_exactly_the_linear_of_the_dequantized_table(make_c
     for start in range(0, VOCAB, 100):
         stop = min(start + 100, VOCAB)
         assert torch.equal(chunked[..., start:stop], F.linear(hidden, table[start:stop]))
-
-
-needs_int4 = pytest.mark.skipif(
-    not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"), reason="this torch has no CPU int4 kernel"
-)
 
 
 def table_head(vocab: int, dim: int, bits: int, group_size: int, symmetric: bool = False) -> TiedQuantizedHead:

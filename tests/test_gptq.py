@@ -22,14 +22,7 @@ from paqbench.quant.sequential import (
 )
 from paqbench.registry import get_registry
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small matrices on a shared 2-core machine: one thread avoids OpenMP contention."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def layer_inputs(model, batches, block_index: int, names: list[str]) -> dict[str, torch.Tensor]:

@@ -15,13 +15,7 @@ from paqbench.quant.packing import pack, unpack
 from paqbench.quant.quantizer import QuantConfig, quantize_rtn
 from paqbench.registry import get_registry
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian(out_features: int = 96, in_features: int = 600, seed: int = 0) -> torch.Tensor:

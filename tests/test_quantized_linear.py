@@ -12,15 +12,9 @@ from paqbench.plugins.metrics.params import count_parameters
 from paqbench.quant import kernels
 from paqbench.quant.linear import QuantizedLinear, load_quantized, replace_module
 from paqbench.quant.quantizer import QuantConfig, QuantizedWeight, quantize_rtn
+from tests.helpers import needs_int4, needs_int8
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small matrices on a shared 2-core machine: one thread avoids OpenMP contention."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def linear(in_features: int = 576, out_features: int = 96, bias: bool = False, seed: int = 0) -> nn.Linear:
@@ -274,14 +268,6 @@ def assert_close_to_exact(layer: QuantizedLinear, out: torch.Tensor, x: torch.Te
     reference_error = float((reference - exact).norm() / exact.norm())
     # bfloat16 scales inside the kernels cost up to ~1.5% here (the reference: ~0.3%)
     assert error <= max(2 * reference_error, 0.02)
-
-
-needs_int4 = pytest.mark.skipif(
-    not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"), reason="this torch has no CPU int4 kernel"
-)
-needs_int8 = pytest.mark.skipif(
-    not hasattr(torch.ops.aten, "_weight_int8pack_mm"), reason="this torch has no CPU int8 kernel"
-)
 
 
 @needs_int4

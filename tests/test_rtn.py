@@ -12,14 +12,7 @@ from paqbench.plugins.methods.quantization.rtn import RTN
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.registry import get_registry
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small matrices on a shared 2-core machine: one thread avoids OpenMP contention."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def weights_of(model):

@@ -22,13 +22,7 @@ from paqbench.quant.linear import QuantizedLinear
 from paqbench.quant.quantizer import QuantConfig, quantize_rtn
 from tests.test_wanda import anisotropic_layer, block_errors, block_linear_inputs, reconstruction_error
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hessian_of(x: torch.Tensor) -> torch.Tensor:

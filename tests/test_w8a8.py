@@ -18,13 +18,7 @@ from paqbench.quant.linear import load_quantized
 from paqbench.quant.w8a8 import Int8DynamicLinear, probe_exact, reference_accumulate
 from paqbench.registry import get_registry
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def linear(in_features: int = 576, out_features: int = 96, bias: bool = True, seed: int = 0) -> nn.Linear:

@@ -17,13 +17,7 @@ from paqbench.prune.wanda import InputNormAccumulator, wanda_scores
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.quant.sequential import capture_block_inputs, forward_block, record_inputs
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------- shared helpers
