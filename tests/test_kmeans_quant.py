@@ -157,6 +157,7 @@ def test_select_features_equal_slicing_the_dequantized_weight():
 
 def test_kmeans_method_defaults_and_checks(tiny_llama, make_context):
     assert get_registry().method("kmeans") is KMeans and KMeans.family == "quantize"
+    assert KMeans.needs_calibration  # listed: `weighted` reads the calibration windows
     info = KMeans().apply(tiny_llama, KMeans.Params(bits=3), make_context())
     targets = select_targets(tiny_llama)
     assert info["layers"] == 14 and all(isinstance(m, LUTLinear) and layer_kind(m) == "quantized"

@@ -158,6 +158,7 @@ def test_select_features_equal_slicing_even_when_vectors_are_split():
 
 def test_vq_method_checks_widths_and_kinds(tiny_llama, make_context):
     assert get_registry().method("vq") is VQ and VQ.family == "quantize"
+    assert VQ.needs_calibration  # listed: `weighted` reads the calibration windows
     with pytest.raises(ValueError, match="dim=3"):
         VQ().apply(tiny_llama, VQ.Params(dim=3), make_context())
     info = VQ().apply(tiny_llama, VQ.Params(codebook_bits=6, iterations=2, targets=r"mlp"), make_context())

@@ -62,6 +62,7 @@ class KMeans(Method):
     )
     Params = KMeansParams
     accepts = frozenset({"dense", "pruned"})
+    needs_calibration = True  # weighted only
 
     @torch.no_grad()
     def apply(self, model, params: KMeansParams, ctx):

@@ -61,6 +61,7 @@ class VQ(Method):
     )
     Params = VQParams
     accepts = frozenset({"dense", "pruned"})
+    needs_calibration = True  # weighted only
 
     @torch.no_grad()
     def apply(self, model, params: VQParams, ctx):
