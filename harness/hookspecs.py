@@ -45,8 +45,9 @@ def paqbench_register_metrics(register: Callable[[type[Metric]], None]) -> None:
 
     Call ``register(MetricClass)`` for each :class:`paqbench.Metric` subclass. Its
     ``measure(model, params, ctx)`` yields :class:`paqbench.Measurement` objects; a metric
-    that cannot run in this environment yields measurements marked unavailable (with the
-    reason) instead of raising or reporting zero.
+    that cannot run in this environment raises :class:`paqbench.Unavailable` with the
+    reason (recorded as an unavailable measurement, the run stays ok), or yields single
+    measurements marked unavailable; it never reports zero instead.
     """
 
 

@@ -26,10 +26,6 @@ if TYPE_CHECKING:
 Family = Literal["prune", "quantize", "distill", "other"]
 Better = Literal["lower", "higher"]
 
-#: Layer kinds of the compressed-layer contract (see docs/architecture.md).
-LayerKind = Literal["dense", "pruned", "quantized"]
-
-
 class Params(BaseModel):
     """Base for parameter schemas: unknown keys are errors, defaults are documented."""
 

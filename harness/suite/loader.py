@@ -106,7 +106,7 @@ def _expected(err: Any) -> str:
     if msg.startswith("Input should be"):
         msg = "expected" + msg[len("Input should be"):]
     elif msg.startswith("String should match pattern"):
-        msg = "expected a name of letters, digits, '-', '_' or '.' (" + msg + ")"
+        msg = "expected a name of letters, digits, '-', '_', '+' or '.' (" + msg + ")"
     return msg
 
 
