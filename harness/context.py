@@ -87,6 +87,11 @@ class RunContext:
             self._teacher = self._teacher_loader()
         return self._teacher
 
+    def release_teacher(self) -> None:
+        """Drop the loaded original model, so that later steps and metrics (peak memory
+        above all) do not pay for it."""
+        self._teacher = None
+
     def dataset(self, name: str, split: str):
         """Load a registered dataset's split (see ``paqbench list datasets``)."""
         from paqbench.data.resolve import open_dataset

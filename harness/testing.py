@@ -12,6 +12,7 @@ factory wired to the registry, with calibration drawn from the embedded text).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,13 @@ def make_run_context(
     limit: int | None = None,
     seed: int = 0,
     run_name: str = "test",
+    teacher: Callable[[], torch.nn.Module] | None = None,
 ) -> RunContext:
-    """A run context for calling ``Method.apply`` / ``Metric.measure`` directly."""
+    """A run context for calling ``Method.apply`` / ``Metric.measure`` directly.
+    ``teacher`` loads the "original" model that ``ctx.teacher()`` returns (distillation)."""
     from paqbench.registry import get_registry
 
-    return RunContext(
+    ctx = RunContext(
         run_name=run_name,
         tokenizer=tokenizer,
         device=torch.device("cpu"),
@@ -50,6 +53,8 @@ def make_run_context(
         limit=limit,
         current_step="1 (test)",
     )
+    ctx._teacher_loader = teacher
+    return ctx
 
 
 @pytest.fixture

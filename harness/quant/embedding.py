@@ -279,7 +279,7 @@ class TiedQuantizedHead(nn.Module):
                table.scales.data_ptr(), table.scales._version)
         if self._kernel_key != key:
             self._select_kernel(hidden.device, hidden.dtype, key)
-        if self._kernel is not None:
+        if self._kernel is not None and not kernels.needs_backward(hidden):
             flat = hidden.reshape(-1, self.in_features)
             return self._kernel.run(flat).reshape(*hidden.shape[:-1], self.out_features)
         vocab = table.num_embeddings

@@ -45,6 +45,13 @@ _HALF = (torch.float16, torch.bfloat16)
 _INT4_GROUPS = (256, 128, 64, 32)
 
 
+def needs_backward(x: torch.Tensor) -> bool:
+    """The integer kernels have no derivative: a forward that autograd records (a
+    distillation step training layers around the packed ones) takes the reference path,
+    which dequantizes and is differentiable in the activations."""
+    return torch.is_grad_enabled() and x.requires_grad
+
+
 class PackedLayout(Protocol):
     """What a kernel reads from a packed layer: its codes in the
     :class:`~paqbench.quant.linear.QuantizedLinear` layout (``[out, in]``, groups along

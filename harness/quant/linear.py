@@ -177,7 +177,7 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._kernel_key != (x.device, x.dtype):
             self._select_kernel(x.device, x.dtype)
-        if self._kernel is None:
+        if self._kernel is None or kernels.needs_backward(x):
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.linear(x, self.dequantize().to(x.dtype), bias)
         out = self._kernel.run(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
