@@ -4,6 +4,7 @@ tiny model whose numbers must agree with each other."""
 from __future__ import annotations
 
 import statistics
+import time
 
 import pytest
 import torch
@@ -172,3 +173,57 @@ def test_real_model_generates_the_fixed_length(smollm2, make_context):
     ttft, e2e = measurements["ttft"].samples, measurements["e2e"].samples
     assert len(ttft) == 2
     assert all(e > t > 0 for t, e in zip(ttft, e2e, strict=True))
+
+
+# ------------------------------------------------------------- the uncompressed reference
+
+
+def slowed(model: torch.nn.Module, seconds: float) -> torch.nn.Module:
+    """``model`` with a sleep before every forward (each prefill and decode step)."""
+    model.register_forward_pre_hook(lambda module, args: time.sleep(seconds))
+    return model
+
+
+def test_reference_speedups_are_per_pair_ratios_and_see_a_slower_model(make_context):
+    from paqbench.models.embedded import tiny_random_llama
+
+    ctx = make_context(teacher=lambda: tiny_random_llama(seed=0))
+    slow = slowed(tiny_random_llama(seed=0), 0.1)
+    measurements = _measure(slow, ctx, **{**TINY, "new_tokens": 4}, reference=True)
+    decode, prefill = measurements["decode_speedup"], measurements["prefill_speedup"]
+    assert decode.unit == "×" and decode.better == "higher"
+    tpot = measurements["tpot"].samples
+    assert len(decode.samples) == len(tpot) == 3
+    reference_tpot = [t * s for t, s in zip(tpot, decode.samples, strict=True)]  # speedup = ref / this
+    assert decode.details["reference_tpot_s"] == pytest.approx(statistics.median(reference_tpot))
+    # 100 ms more per forward than the reference's 1-50 ms (a loaded 2-core machine): every
+    # decode step pays it, the prefill once
+    assert decode.value < 0.75 and prefill.value < 0.9
+    assert ctx._teacher is None  # the reference is dropped after the metric
+
+    # the other way round: this model is the fast one
+    ctx = make_context(teacher=lambda: slowed(tiny_random_llama(seed=0), 0.1))
+    fast = _measure(tiny_random_llama(seed=0), ctx, **{**TINY, "new_tokens": 4}, reference=True)
+    assert fast["decode_speedup"].value > 1 / 0.75
+
+
+def test_paired_calls_alternate_their_order(make_context):
+    from paqbench.models.embedded import tiny_random_llama
+    from paqbench.plugins.metrics.latency import paired_loop
+
+    order: list[str] = []
+
+    def on_prefill(label):  # one prefill (the whole prompt) per generate call
+        return lambda module, args, kwargs: order.append(label) if kwargs["input_ids"].shape[1] > 1 else None
+
+    model, reference = tiny_random_llama(seed=0), tiny_random_llama(seed=0)
+    model.register_forward_pre_hook(on_prefill("A"), with_kwargs=True)
+    reference.register_forward_pre_hook(on_prefill("B"), with_kwargs=True)
+    ctx = make_context()
+    setup = prepare_generation(model, ctx, prompt_tokens=8, new_tokens=2, batch_size=1)
+    with eval_mode(model), eval_mode(reference):
+        timings, reference_timings, _ = paired_loop(
+            model, reference, setup, setup, Clock(setup.device), min_iterations=4, min_seconds=0, max_iterations=4
+        )
+    assert len(timings) == len(reference_timings) == 4
+    assert "".join(order) == "ABBAABBA"  # A B, B A, A B, B A

@@ -20,6 +20,8 @@ def format_value(value: float | None, unit: str) -> str:
         return format_count(value)
     if unit == "MACs":
         return f"{format_count(value)} MACs"
+    if unit == "×":
+        return f"{value:.3f}×"
     text = format_number(value)
     return f"{text} {unit}" if unit and unit not in ("", "ppl") else text
 

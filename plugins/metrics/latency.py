@@ -59,6 +59,12 @@ class LatencyParams(Params):
     )
     dataset: str = Field("embedded", description="dataset the prompt text is taken from")
     split: str = Field("test", description="split of that dataset")
+    reference: bool = Field(
+        False,
+        description="also time the uncompressed model (loaded again) in alternation with this one and "
+        "report speedups from calls measured back to back, which a machine whose speed drifts during a "
+        "suite cannot bias; costs a second model in memory and twice the calls",
+    )
 
 
 # -- pure arithmetic ---------------------------------------------------------------------
@@ -309,6 +315,36 @@ def generation_loop(
     return timings, time.perf_counter() - began
 
 
+def paired_loop(
+    model: torch.nn.Module,
+    reference: torch.nn.Module,
+    setup: GenerationSetup,
+    reference_setup: GenerationSetup,
+    clock: Clock,
+    *,
+    min_iterations: int,
+    min_seconds: float,
+    max_iterations: int | None = None,
+) -> tuple[list[GenerationTiming], list[GenerationTiming], float]:
+    """Timed calls of ``model`` and ``reference`` back to back, the order alternating
+    (A B, B A, ...) so that a steady drift of the machine's speed favours neither; the
+    same stopping rule as :func:`generation_loop`, counted in pairs."""
+    timings: list[GenerationTiming] = []
+    reference_timings: list[GenerationTiming] = []
+    began = time.perf_counter()
+    while max_iterations is None or len(timings) < max_iterations:
+        if len(timings) >= min_iterations and time.perf_counter() - began >= min_seconds:
+            break
+        if len(timings) % 2 == 0:
+            timings.append(timed_generate(model, setup, clock))
+            reference_timings.append(timed_generate(reference, reference_setup, clock))
+        else:
+            reference_timings.append(timed_generate(reference, reference_setup, clock))
+            timings.append(timed_generate(model, setup, clock))
+    clock.sync()
+    return timings, reference_timings, time.perf_counter() - began
+
+
 def iteration_bounds(
     min_iterations: int, max_iterations: int | None, limit: int | None
 ) -> tuple[int, int | None]:
@@ -328,9 +364,11 @@ class Latency(Metric):
         "prefill tokens/s, each as the median with p90/p99/mean/stdev and raw samples, plus the "
         "cold first call. Greedy generation of exactly new_tokens tokens from a prompt of "
         "prompt_tokens tokens (embedded text), warm-up at the same shapes, CUDA events on GPU, "
-        "perf_counter on CPU. Params: prompt_tokens, new_tokens, batch_size, warmup, "
-        "min_iterations, min_seconds, max_iterations, dataset, split. Cost: warmup + "
-        "max(min_iterations, as many as fit in min_seconds) generate calls."
+        "perf_counter on CPU. With `reference: true`, also decode_speedup and prefill_speedup "
+        "against the uncompressed model timed in alternation with this one (drift-proof A/B). "
+        "Params: prompt_tokens, new_tokens, batch_size, warmup, min_iterations, min_seconds, "
+        "max_iterations, dataset, split, reference. Cost: warmup + max(min_iterations, as many as "
+        "fit in min_seconds) generate calls (twice with reference)."
     )
     Params = LatencyParams
 
@@ -343,12 +381,32 @@ class Latency(Metric):
         min_iterations, cap = iteration_bounds(
             params.min_iterations, params.max_iterations, ctx.limit
         )
-        with eval_mode(model):
-            warmups = [timed_generate(model, setup, clock) for _ in range(params.warmup)]
-            timings, wall_s = generation_loop(
-                model, setup, clock, min_iterations=min_iterations,
-                min_seconds=params.min_seconds, max_iterations=cap,
+        reference_timings: list[GenerationTiming] = []
+        if params.reference:
+            reference = ctx.teacher()
+            reference_setup = prepare_generation(
+                reference, ctx, prompt_tokens=params.prompt_tokens, new_tokens=params.new_tokens,
+                batch_size=params.batch_size, dataset=params.dataset, split=params.split,
             )
+            try:
+                with eval_mode(model), eval_mode(reference):
+                    warmups = [timed_generate(model, setup, clock) for _ in range(params.warmup)]
+                    for _ in range(params.warmup):
+                        timed_generate(reference, reference_setup, clock)
+                    timings, reference_timings, wall_s = paired_loop(
+                        model, reference, setup, reference_setup, clock, min_iterations=min_iterations,
+                        min_seconds=params.min_seconds, max_iterations=cap,
+                    )
+            finally:
+                del reference
+                ctx.release_teacher()
+        else:
+            with eval_mode(model):
+                warmups = [timed_generate(model, setup, clock) for _ in range(params.warmup)]
+                timings, wall_s = generation_loop(
+                    model, setup, clock, min_iterations=min_iterations,
+                    min_seconds=params.min_seconds, max_iterations=cap,
+                )
 
         details = setup.describe(model) | {
             "timer": clock.kind,
@@ -376,6 +434,8 @@ class Latency(Metric):
             summary = summarize(samples)
             yield self.make(name, summary.median, unit, better, spread=summary.spread(),
                             samples=samples, details=details)
+        if reference_timings:
+            yield from self._speedups(timings, reference_timings, params, details)
         cold = warmups[0]
         shared = ("device", "prompt_tokens", "new_tokens", "batch_size", "timer")
         yield self.make(
@@ -387,6 +447,31 @@ class Latency(Metric):
                 **{k: details[k] for k in shared},
             },
         )
+
+
+    def _speedups(self, timings, reference_timings, params: LatencyParams, details: dict[str, Any]):
+        """Per pair of back-to-back calls, the uncompressed model's time over this one's;
+        the median over pairs. 1.0 on the baseline run up to the machine's noise."""
+        def rates(ts):
+            return [derive_rates(t.ttft_s, t.e2e_s, params.prompt_tokens, params.new_tokens, params.batch_size)
+                    for t in ts]
+        mine, theirs = rates(timings), rates(reference_timings)
+        pairs = {
+            "decode_speedup": [r.tpot_s / m.tpot_s for m, r in zip(mine, theirs, strict=True)],
+            "prefill_speedup": [r.ttft_s / m.ttft_s for m, r in
+                                zip(timings, reference_timings, strict=True)],
+        }
+        what = {
+            **details,
+            "reference": "the uncompressed model, loaded again from the suite's source, timed in "
+                         "alternation with this one (A B, B A, ...); speedup = its time / this time per pair",
+            "reference_tpot_s": summarize([r.tpot_s for r in theirs]).median,
+            "reference_ttft_s": summarize([t.ttft_s for t in reference_timings]).median,
+        }
+        for name, samples in pairs.items():
+            summary = summarize(samples)
+            yield self.make(name, summary.median, "×", "higher", spread=summary.spread(),
+                            samples=samples, details=what)
 
 
 @hookimpl
