@@ -41,7 +41,7 @@ class DistillParams(Params):
     )
     seqlen: int | None = Field(None, gt=1, description="tokens per window; default: the calibration's seqlen")
     gradient_checkpointing: bool = Field(
-        False, description="recompute activations in the backward pass (less memory, about 30% slower)"
+        False, description="recompute activations in the backward pass (less memory, one more forward per step)"
     )
 
 
