@@ -194,6 +194,17 @@ def test_embeddings_train_only_when_asked(make_context):
     assert b["trained_parameters"] == a["trained_parameters"] + table.numel()
 
 
+def test_gradient_checkpointing_gives_the_same_step_and_is_switched_off_after(make_context):
+    plain, checkpointed = peaky(), peaky()
+    a = Distill().apply(plain, Distill.Params(steps=2, lr=1e-3), make_context(teacher=peaky))
+    b = Distill().apply(checkpointed, Distill.Params(steps=2, lr=1e-3, gradient_checkpointing=True),
+                        make_context(teacher=peaky))
+    assert b["loss_last"] == pytest.approx(a["loss_last"], rel=1e-4)  # recomputation, same math
+    flag = "is_activation_checkpointing" if hasattr(type(checkpointed), "is_activation_checkpointing") \
+        else "is_gradient_checkpointing"
+    assert not getattr(checkpointed, flag)
+
+
 @needs_int4
 def test_packed_layers_on_an_integer_kernel_take_the_differentiable_path(make_context):
     """The int4 kernel has no derivative: while training, packed layers dequantize."""

@@ -85,16 +85,19 @@ class Distill(Method):
             warmup_steps=params.warmup_steps, temperature=params.temperature, alpha=params.alpha,
             max_grad_norm=params.max_grad_norm, seed=ctx.seed,
         )
-        checkpointing = params.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable")
+        # transformers >= 5 renamed gradient_checkpointing_* to activation_checkpointing_*
+        prefix = next((p for p in ("activation_checkpointing", "gradient_checkpointing")
+                       if hasattr(model, f"{p}_enable")), None)
+        checkpointing = params.gradient_checkpointing and prefix is not None
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            getattr(model, f"{prefix}_enable")()
         began = time.perf_counter()
         try:
             losses = distill(model, ctx.teacher(), windows, trainable, config,
                              progress=lambda it: ctx.progress(it, "distill", total=steps))
         finally:
             if checkpointing:
-                model.gradient_checkpointing_disable()
+                getattr(model, f"{prefix}_disable")()
             ctx.release_teacher()
             gc.collect()
         head = losses[: max(1, min(10, len(losses) // 4))]
