@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from paqbench.layers import get_mask, layer_kind
+from paqbench.models.device import input_device
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -171,15 +172,6 @@ class DistillConfig:
     alpha: float
     max_grad_norm: float | None
     seed: int
-
-
-def input_device(model: nn.Module) -> torch.device:
-    """Where a model's input ids go: its input embedding's device (right also for a model
-    that accelerate spreads over several devices)."""
-    embedding = model.get_input_embeddings()
-    for tensor in (*embedding.parameters(), *embedding.buffers()):  # a packed table has only buffers
-        return tensor.device
-    return next(model.parameters()).device
 
 
 def distill(

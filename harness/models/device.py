@@ -1,4 +1,5 @@
-"""Pick the device and dtype a suite asked for ('auto' picks what the machine has)."""
+"""Pick the device and dtype a suite asked for ('auto' picks what the machine has), and
+find where a loaded model takes its input ids."""
 
 from __future__ import annotations
 
@@ -22,3 +23,13 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return _DTYPES[name]
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where input ids must go: the input embedding's device (also right for models that
+    accelerate spreads over several devices; a packed token table has only buffers)."""
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embedding is not None:
+        for tensor in (*embedding.parameters(), *embedding.buffers()):
+            return tensor.device
+    return next(model.parameters()).device

@@ -22,11 +22,11 @@ import torch
 from pydantic import Field
 
 from paqbench import Metric, Params, Unavailable, hookimpl, nvml
+from paqbench.models.device import input_device
 from paqbench.plugins.metrics.latency import (
     Clock,
     eval_mode,
     generation_loop,
-    input_device,
     iteration_bounds,
     prepare_generation,
     timed_generate,

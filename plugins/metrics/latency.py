@@ -27,6 +27,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from paqbench import Metric, Params, RunContext, hookimpl
 from paqbench.layers import kernels_in_use
+from paqbench.models.device import input_device
 from paqbench.stats import summarize
 
 DECODING = (
@@ -186,15 +187,6 @@ class GenerationSetup:
             "tokenization": "done once before timing; not included in any time",
             "prompt": self.prompt,
         }
-
-
-def input_device(model: torch.nn.Module) -> torch.device:
-    """Where input ids must go: the input embedding's device (also right for models that
-    accelerate spreads over several devices)."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if embeddings is not None and getattr(embeddings, "weight", None) is not None:
-        return embeddings.weight.device
-    return next(model.parameters()).device
 
 
 def prompt_ids(text: str, tokenizer: Any, prompt_tokens: int) -> tuple[list[int], int]:

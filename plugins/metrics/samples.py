@@ -15,7 +15,8 @@ import torch
 from pydantic import Field
 
 from paqbench import Metric, Params, RunContext, hookimpl
-from paqbench.plugins.metrics.latency import eval_mode, input_device
+from paqbench.models.device import input_device
+from paqbench.plugins.metrics.latency import eval_mode
 
 #: Neutral prompts: factual, descriptive and instructional, nothing a filter would refuse.
 DEFAULT_PROMPTS: tuple[str, ...] = (
