@@ -282,6 +282,28 @@ def timed_generate(
     return GenerationTiming(ttft_s=clock.seconds(start, timer.first), e2e_s=e2e, output=output)
 
 
+def repeat_until(
+    call: Callable[[int], None],
+    clock: Clock,
+    *,
+    min_iterations: int,
+    min_seconds: float,
+    max_iterations: int | None = None,
+) -> float:
+    """``call(i)`` for i = 0, 1, ... until at least ``min_iterations`` calls and
+    ``min_seconds`` seconds (wall clock) have passed, never more than ``max_iterations``.
+    Returns the wall seconds of the loop, after the device has finished."""
+    done = 0
+    began = time.perf_counter()
+    while max_iterations is None or done < max_iterations:
+        if done >= min_iterations and time.perf_counter() - began >= min_seconds:
+            break
+        call(done)
+        done += 1
+    clock.sync()
+    return time.perf_counter() - began
+
+
 def generation_loop(
     model: torch.nn.Module,
     setup: GenerationSetup,
@@ -292,19 +314,18 @@ def generation_loop(
     max_iterations: int | None = None,
     on_call: Callable[[GenerationTiming], None] | None = None,
 ) -> tuple[list[GenerationTiming], float]:
-    """Timed generate calls until at least ``min_iterations`` calls and ``min_seconds``
-    seconds (wall clock) have passed, never more than ``max_iterations``. Returns the
-    timings and the wall seconds of the loop."""
+    """Timed generate calls under :func:`repeat_until`'s rule. Returns the timings and
+    the wall seconds of the loop."""
     timings: list[GenerationTiming] = []
-    began = time.perf_counter()
-    while max_iterations is None or len(timings) < max_iterations:
-        if len(timings) >= min_iterations and time.perf_counter() - began >= min_seconds:
-            break
+
+    def one(_: int) -> None:
         timings.append(timed_generate(model, setup, clock))
         if on_call is not None:
             on_call(timings[-1])
-    clock.sync()
-    return timings, time.perf_counter() - began
+
+    wall_s = repeat_until(one, clock, min_iterations=min_iterations, min_seconds=min_seconds,
+                          max_iterations=max_iterations)
+    return timings, wall_s
 
 
 def paired_loop(
@@ -320,21 +341,21 @@ def paired_loop(
 ) -> tuple[list[GenerationTiming], list[GenerationTiming], float]:
     """Timed calls of ``model`` and ``reference`` back to back, the order alternating
     (A B, B A, ...) so that a steady drift of the machine's speed favours neither; the
-    same stopping rule as :func:`generation_loop`, counted in pairs."""
+    rule of :func:`repeat_until`, counted in pairs."""
     timings: list[GenerationTiming] = []
     reference_timings: list[GenerationTiming] = []
-    began = time.perf_counter()
-    while max_iterations is None or len(timings) < max_iterations:
-        if len(timings) >= min_iterations and time.perf_counter() - began >= min_seconds:
-            break
-        if len(timings) % 2 == 0:
+
+    def pair(index: int) -> None:
+        if index % 2 == 0:
             timings.append(timed_generate(model, setup, clock))
             reference_timings.append(timed_generate(reference, reference_setup, clock))
         else:
             reference_timings.append(timed_generate(reference, reference_setup, clock))
             timings.append(timed_generate(model, setup, clock))
-    clock.sync()
-    return timings, reference_timings, time.perf_counter() - began
+
+    wall_s = repeat_until(pair, clock, min_iterations=min_iterations, min_seconds=min_seconds,
+                          max_iterations=max_iterations)
+    return timings, reference_timings, wall_s
 
 
 def iteration_bounds(
@@ -427,7 +448,7 @@ class Latency(Metric):
             yield self.make(name, summary.median, unit, better, spread=summary.spread(),
                             samples=samples, details=details)
         if reference_timings:
-            yield from self._speedups(timings, reference_timings, params, details)
+            yield from self._speedups(timings, rates, reference_timings, params, details)
         cold = warmups[0]
         shared = ("device", "prompt_tokens", "new_tokens", "batch_size", "timer")
         yield self.make(
@@ -440,14 +461,12 @@ class Latency(Metric):
             },
         )
 
-
-    def _speedups(self, timings, reference_timings, params: LatencyParams, details: dict[str, Any]):
+    def _speedups(self, timings, mine: list[Rates], reference_timings, params: LatencyParams,
+                  details: dict[str, Any]):
         """Per pair of back-to-back calls, the uncompressed model's time over this one's;
         the median over pairs. 1.0 on the baseline run up to the machine's noise."""
-        def rates(ts):
-            return [derive_rates(t.ttft_s, t.e2e_s, params.prompt_tokens, params.new_tokens, params.batch_size)
-                    for t in ts]
-        mine, theirs = rates(timings), rates(reference_timings)
+        theirs = [derive_rates(t.ttft_s, t.e2e_s, params.prompt_tokens, params.new_tokens, params.batch_size)
+                  for t in reference_timings]
         pairs = {
             "decode_speedup": [r.tpot_s / m.tpot_s for m, r in zip(mine, theirs, strict=True)],
             "prefill_speedup": [r.ttft_s / m.ttft_s for m, r in
