@@ -40,7 +40,7 @@ def make_run_context(
     ``teacher`` loads the "original" model that ``ctx.teacher()`` returns (distillation)."""
     from paqbench.registry import get_registry
 
-    ctx = RunContext(
+    return RunContext(
         run_name=run_name,
         tokenizer=tokenizer,
         device=torch.device("cpu"),
@@ -52,9 +52,8 @@ def make_run_context(
         calibration_config=CalibrationConfig(dataset=dataset, n_samples=n_samples, seqlen=seqlen, seed=seed),
         limit=limit,
         current_step="1 (test)",
+        _teacher_loader=teacher,
     )
-    ctx._teacher_loader = teacher
-    return ctx
 
 
 @pytest.fixture
