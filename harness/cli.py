@@ -101,14 +101,16 @@ def run(suite, output, model, device, limit, only, resume, dry_run, in_process, 
     if dry_run:
         click.echo(_plan_text(plan))
         return
+    from paqbench.fsio import OutputError, check_output_dir
     from paqbench.runner.session import OutputDirConflict, run_plan
 
-    output_dir = Path(output or loaded.suite.output or Path("reports") / loaded.suite.name)
+    output_dir = _output_dir(output, loaded.suite)
     isolation = "in-process" if in_process else loaded.suite.runner.isolation
     try:
+        check_output_dir(output_dir)
         summary = run_plan(plan, output_dir, registry=registry, isolation=isolation, resume=resume,
                            force=not resume, echo=lambda m: click.echo(m, err=True), log_level=level)
-    except OutputDirConflict as exc:
+    except (OutputDirConflict, OutputError) as exc:
         _fail(str(exc))
     files = _write_reports(output_dir, loaded.suite.reporters, registry)
     for outcome in summary.searches:
@@ -123,6 +125,18 @@ def run(suite, output, model, device, limit, only, resume, dry_run, in_process, 
         click.echo("Interrupted: finished runs are kept; run the same command again to resume.", err=True)
         sys.exit(130)
     sys.exit(1 if summary.failed or search_failed else 0)
+
+
+def _output_dir(output: str | None, suite) -> Path:
+    """``--output``, else the suite's ``output``, else ``reports/<name>`` shortened to a safe length."""
+    from paqbench.fsio import safe_dir_name
+
+    if output or suite.output:
+        return Path(output or suite.output)
+    name = safe_dir_name(suite.name)
+    if name != suite.name:
+        click.echo(f"note: the suite name is too long for a directory name; writing to reports/{name}", err=True)
+    return Path("reports") / name
 
 
 def _write_reports(output_dir: Path, reporters: list[str], registry) -> list[Path]:
@@ -160,6 +174,8 @@ def report(directory, reporters):
     store = ResultStore(Path(directory))
     if not store.exists():
         _fail(f"{directory} holds no results.jsonl")
+    for number in store.corrupt_lines():
+        click.echo(f"Warning: {store.path}:{number}: not a valid result record; skipped", err=True)
     manifest = store.read_manifest() or {}
     names = list(reporters) or (manifest.get("resolved_suite") or {}).get("reporters") or ["json", "markdown"]
     for path in _write_reports(Path(directory), names, registry):

@@ -50,6 +50,9 @@ def test_failing_run_is_recorded_and_others_complete_in_subprocesses(tmp_path):
     result = paqbench("run", str(write_suite(tmp_path, FAILING_SUITE)), "-o", str(out))
     assert result.returncode == 1, result.stderr
     assert "broken: FAILED" in result.stderr
+    # each phase is one line on stderr without -v, from the run's own process
+    assert "[4/4] broken: load tiny-random-llama (at " in result.stderr
+    assert "[4/4] broken: step 1/1 magnitude (at " in result.stderr
     report = json.loads((out / "report.json").read_text())
     status = {r["name"]: r["status"] for r in report["runs"]}
     assert status == {"baseline": "ok", "magnitude[sparsity=0.25]": "ok",

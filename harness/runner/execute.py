@@ -8,11 +8,13 @@ before a failure is kept in the result.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,16 @@ from paqbench.runner.result import PhaseRecord, RunResult
 from paqbench.suite.schema import CalibrationConfig, ModelConfig
 
 logger = logging.getLogger("paqbench")
+
+Progress = Callable[[str], None]
+
+
+class RunTimedOut(BaseException):
+    """Raised in an in-process run when its ``--timeout`` passes (see ``isolation.deadline``).
+
+    A BaseException, like KeyboardInterrupt, so that the step's and metrics' ``except
+    Exception`` do not swallow it and let the next metric start.
+    """
 
 
 def _now() -> str:
@@ -60,8 +72,15 @@ def execute_run(
     suite_name: str,
     scratch_root: Path | None = None,
     registry: Registry | None = None,
+    progress: Progress | None = None,
 ) -> RunResult:
-    """Run ``spec`` here and return its result; never raises for a failing run."""
+    """Run ``spec`` here and return its result; never raises for a failing run.
+
+    ``progress`` gets one line as each phase (load, each step, each metric) starts, with
+    the seconds since the run started, so a long run shows where it is without ``-v``.
+    The scratch folder's name carries this process's id, so the session can tell the
+    folders of dead runs from live ones.
+    """
     registry = registry or get_registry()
     started = time.perf_counter()
     result = RunResult(
@@ -71,12 +90,20 @@ def execute_run(
     )
     scratch_root = Path(scratch_root or tempfile.gettempdir())
     scratch_root.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f"paqbench-{spec.config_hash}-", dir=scratch_root))
+    scratch = Path(tempfile.mkdtemp(prefix=f"paqbench-{spec.config_hash}-{os.getpid()}-", dir=scratch_root))
+
+    def phase(what: str) -> None:
+        if progress is not None:
+            progress(f"{what} (at {time.perf_counter() - started:.1f} s)")
+
     try:
-        _execute(spec, registry, result, scratch)
+        _execute(spec, registry, result, scratch, phase)
     except Exception as exc:  # load failures and bugs: recorded, never lost
         result.status = "failed"
         result.error = result.error or _error(exc)
+    except RunTimedOut as exc:  # what was measured before the limit is kept
+        result.status = "failed"
+        result.error = {**_error(exc), "type": "TimeoutError"}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         result.finished_at = _now()
@@ -84,7 +111,7 @@ def execute_run(
     return result
 
 
-def _execute(spec: RunSpec, registry: Registry, result: RunResult, scratch: Path) -> None:
+def _execute(spec: RunSpec, registry: Registry, result: RunResult, scratch: Path, phase: Progress) -> None:
     seed_everything(spec.seed)
     model_config = ModelConfig.model_validate(spec.model)
     device = resolve_device(model_config.device)
@@ -98,6 +125,7 @@ def _execute(spec: RunSpec, registry: Registry, result: RunResult, scratch: Path
     )
 
     logger.info("%s: loading %s (%s, %s on %s)", spec.name, model_config.source, spec.model_source, dtype, device)
+    phase(f"load {model_config.source}")
     began = time.perf_counter()
     with PeakMemory(device) as peak:
         model, tokenizer = source.load(model_config, ctx)
@@ -110,6 +138,7 @@ def _execute(spec: RunSpec, registry: Registry, result: RunResult, scratch: Path
         cls = registry.method(step["method"])
         ctx.current_step = f"{index} ({step['method']})"
         logger.info("%s: step %s", spec.name, ctx.current_step)
+        phase(f"step {index}/{len(spec.steps)} {step['method']}")
         began = time.perf_counter()
         record = PhaseRecord(step["method"], 0.0, params=step["params"])
         result.steps.append(record)
@@ -132,6 +161,7 @@ def _execute(spec: RunSpec, registry: Registry, result: RunResult, scratch: Path
     for metric in spec.metrics:
         cls = registry.metric(metric["name"])
         logger.info("%s: measuring %s", spec.name, metric["name"])
+        phase(f"metric {metric['name']}")
         began = time.perf_counter()
         record = PhaseRecord(metric["name"], 0.0, params=metric["params"])
         result.metrics.append(record)

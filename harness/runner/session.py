@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
+from paqbench.fsio import OutputError
 from paqbench.planner import Plan, RunSpec
 from paqbench.registry import Registry
 from paqbench.runner.result import RunResult
@@ -35,6 +40,10 @@ class SessionSummary:
 
 def prepare_output(plan: Plan, output_dir: Path, force: bool) -> ResultStore:
     store = ResultStore(output_dir)
+    for path in (store.path, store.manifest_path):
+        if path.is_symlink():
+            raise OutputError(20, f"{path} is a symbolic link; paqbench does not write through links: "
+                                  "remove it or choose another --output")
     manifest = store.read_manifest()
     if store.exists() and manifest and manifest.get("suite_name") != plan.suite_name and not force:
         raise OutputDirConflict(
@@ -74,6 +83,7 @@ def run_plan(
     done = store.completed_ids() if resume and not force else set()
     summary = SessionSummary(output_dir=output_dir)
     scratch = output_dir / ".scratch"
+    remove_dead_scratch(scratch)
     total = len(plan.runs)
 
     def run_one(spec: RunSpec, label: str) -> RunResult:
@@ -81,11 +91,10 @@ def run_plan(
         if isolation == "process":
             from paqbench.runner.isolation import run_in_subprocess
 
-            result = run_in_subprocess(spec, plan.suite_name, scratch, spec.timeout, log_level)
+            result = run_in_subprocess(spec, plan.suite_name, scratch, spec.timeout, log_level, label)
         else:
-            from paqbench.runner.execute import execute_run
-
-            result = execute_run(spec, plan.suite_name, scratch, registry)
+            result = _run_in_process(spec, plan.suite_name, scratch, registry,
+                                     lambda message: echo(f"{label}: {message}"))
         store.append(result)
         summary.ran.append(result)
         if result.status == "ok":
@@ -120,6 +129,46 @@ def run_plan(
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
+        remove_dead_scratch(scratch)
         with contextlib.suppress(OSError):
             scratch.rmdir()
     return summary
+
+
+def _run_in_process(spec: RunSpec, suite_name: str, scratch: Path, registry: Registry,
+                    progress: Callable[[str], None]) -> RunResult:
+    """One run in this process, stopped by ``isolation.deadline`` when it passes its timeout."""
+    from paqbench.runner.execute import RunTimedOut, execute_run
+    from paqbench.runner.isolation import deadline, failed_by_timeout
+
+    started, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        with deadline(spec.timeout):
+            return execute_run(spec, suite_name, scratch, registry, progress)
+    except RunTimedOut:  # the alarm went off between the run's end and the timer's reset
+        return failed_by_timeout(spec, suite_name, started, started_at)
+
+
+def remove_dead_scratch(scratch: Path) -> None:
+    """Remove the scratch folders of runs whose process is gone (killed, timed out, interrupted).
+
+    A folder is named ``paqbench-<id>-<pid>-<random>`` by ``execute_run``; one whose pid is
+    still alive belongs to a run in progress (perhaps another session) and is kept.
+    """
+    if not scratch.is_dir():
+        return
+    for folder in scratch.iterdir():
+        parts = folder.name.split("-")
+        pid = int(parts[2]) if len(parts) >= 4 and parts[2].isdigit() else None
+        if pid is None or pid <= 0 or not _alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
