@@ -27,20 +27,20 @@ def test_quickstart_on_the_embedded_model(tmp_path):
     report = json.loads((out / "report.json").read_text())
     runs = {r["name"]: {f"{m['metric']}/{m['name']}": m["value"] for m in r["measurements"]}
             for r in report["runs"]}
-    assert list(runs) == ["baseline", "magnitude[sparsity=0.1]", "magnitude[sparsity=0.3]",
-                          "magnitude[sparsity=0.5]"]
-    base = runs["baseline"]
+    assert list(runs) == ["baseline", "magnitude", "wanda", "rtn4"]
+    base, magnitude, wanda, rtn4 = (runs[name] for name in runs)
     assert 134_000_000 < base["params/total"] < 135_000_000
     assert 5 < base["perplexity/embedded"] < 100
-    ppl = [runs[f"magnitude[sparsity={s}]"]["perplexity/embedded"] for s in ("0.1", "0.3", "0.5")]
-    assert base["perplexity/embedded"] < ppl[1] < ppl[2]  # more pruning, more damage
-    for s in (0.1, 0.3, 0.5):
-        assert runs[f"magnitude[sparsity={s}]"]["params/linear_sparsity"] == pytest.approx(s, abs=1e-4)
-    # fp32 checkpoint: 4 bytes per weight, embeddings tied
-    assert base["storage/checkpoint"] == pytest.approx(4 * base["params/total"], rel=0.01)
-    assert 0 <= base["race/high/acc"] <= 1
+    # Wanda keeps far more quality than magnitude at the same sparsity (the quickstart's point)
+    assert base["perplexity/embedded"] < wanda["perplexity/embedded"] < magnitude["perplexity/embedded"]
+    for pruned in (magnitude, wanda):
+        assert pruned["params/linear_sparsity"] == pytest.approx(0.5, abs=1e-4)
+        assert pruned["storage/checkpoint"] == base["storage/checkpoint"]  # zeros do not shrink a dense file
+    # bf16 checkpoint: 2 bytes per weight, embeddings tied; 4-bit g32 codes about a quarter of that
+    assert base["storage/checkpoint"] == pytest.approx(2 * base["params/total"], rel=0.01)
+    assert rtn4["storage/checkpoint"] < 0.35 * base["storage/checkpoint"]
     assert base["latency/decode_tokens_per_s"] > 0 and base["latency/ttft"] > 0
-    assert base["memory/peak_rss"] > base["memory/weights"] > 500_000_000
+    assert rtn4["latency/decode_speedup"] > 0
     md = (out / "report.md").read_text()
-    assert md.index("| baseline") < md.index("| magnitude[sparsity=0.1]")
-    assert "perplexity embedded" in md
+    assert md.index("| baseline") < md.index("| magnitude") < md.index("| wanda") < md.index("| rtn4")
+    assert "perplexity" in md
