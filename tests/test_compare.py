@@ -223,3 +223,148 @@ def test_cli_exit_codes_markdown_and_json(tmp_path):
     empty.mkdir()
     missing = paqbench("compare", str(base), str(empty))
     assert missing.returncode == 2 and "neither results.jsonl nor report.json" in missing.stderr
+
+
+# -- metric parameters: only equal settings are comparable --------------------------------
+
+PPL = {"dataset": "embedded", "split": "test", "seqlen": 256, "batch_size": 1, "max_windows": 8}
+LATENCY = {"prompt_tokens": 16, "new_tokens": 4, "warmup": 1, "min_iterations": 3, "min_seconds": 0.0}
+
+
+def _with_settings(report, limit=None, **metric_params):
+    """Give every run of ``report`` metric records with these parameters (as runs record them)."""
+    for run in report["runs"]:
+        run["metrics"] = [{"name": name, "params": dict(params)} for name, params in metric_params.items()]
+        run["limit"] = limit
+    return report
+
+
+def _settings_report(pruned_ppl=30.0, limit=None, **changes):
+    """``make_report`` whose runs recorded perplexity, storage and latency settings; ``changes``
+    override single metric parameters (``perplexity={"seqlen": 2048}``)."""
+    report = make_report(pruned_ppl=pruned_ppl)
+    for run in report["runs"]:
+        run["measurements"].append(_m("storage", "checkpoint", 1000.0, "bytes"))
+    params = {"perplexity": PPL, "storage": {"dtype": "model"}, "latency": LATENCY, "params": {"seqlen": 256}}
+    merged = {name: {**p, **changes.get(name, {})} for name, p in params.items()}
+    return _with_settings(report, limit, **merged)
+
+
+def _compare(base, new, *limits, **kwargs):
+    return compare_reports(base, new, _opts(*limits, **kwargs), param_defaults=lambda metric: {})
+
+
+def _delta(result, key, run="magnitude[sparsity=0.3]"):
+    return next(d for d in result.deltas if d.key == key and d.run == run)
+
+
+def test_a_different_seqlen_is_not_comparable_and_never_a_regression():
+    base = _settings_report()
+    new = _settings_report(pruned_ppl=37.14, perplexity={"seqlen": 2048, "max_windows": None})  # +23.8%
+    result = _compare(base, new, "perplexity=1%")
+    assert not result.failed and not result.regressions
+    d = _delta(result, "perplexity/embedded")
+    assert d.verdict == "not comparable" and not d.regressed
+    assert d.reason == "seqlen 256 vs 2048, max_windows 8 vs unset"
+    assert (d.base, d.new, d.abs_change, d.rel_change) == (30.0, 37.14, None, None)
+    assert len(result.not_comparable) == 2  # the perplexity of both runs; nothing else
+    assert _delta(result, "race/high/acc").verdict == "same"
+    assert result.pairs[1].metric_changes == ("perplexity: seqlen 256 vs 2048, max_windows 8 vs unset",)
+    md = to_markdown(result)
+    assert "No regression beyond the thresholds." in md
+    assert "2 measurement(s) not comparable" in md
+    assert "matched by pipeline and step parameters; metric parameters differ (not comparable): perplexity:" in md
+
+
+def test_a_different_storage_dtype_is_not_comparable_not_better():
+    result = _compare(_settings_report(), _settings_report(storage={"dtype": "float16"}), "storage=1%")
+    d = _delta(result, "storage/checkpoint")
+    assert d.verdict == "not comparable" and d.reason == "dtype model vs float16"
+    assert _delta(result, "perplexity/embedded").verdict == "same"
+
+
+def test_equal_settings_still_regress():
+    result = _compare(_settings_report(), _settings_report(pruned_ppl=33.0), "perplexity=1%")
+    (reg,) = result.regressions
+    assert reg.key == "perplexity/embedded" and reg.verdict == "worse" and result.failed
+    assert not result.not_comparable and result.pairs[1].metric_changes == ()
+
+
+def test_sampling_parameters_and_unaffected_measurements_stay_comparable():
+    # how many calls are timed does not change what a latency is; params' seqlen only changes the MACs
+    new = _settings_report(latency={"min_seconds": 5.0, "min_iterations": 10}, params={"seqlen": 2048})
+    for run in new["runs"]:
+        run["measurements"].append(_m("params", "macs_per_token", 7.0, "MACs"))
+    result = _compare(_settings_report(), new, "latency=1%")
+    assert _delta(result, "latency/tpot").verdict == "same"
+    assert _delta(result, "params/total").verdict == "same"
+    macs = _delta(result, "params/macs_per_token")
+    assert macs.verdict == "not comparable" and macs.reason == "seqlen 256 vs 2048"
+    assert result.pairs[1].metric_changes == ("params: seqlen 256 vs 2048",)  # min_seconds is not listed
+
+
+def test_the_runs_limit_counts_for_perplexity_not_for_latency():
+    result = _compare(_settings_report(), _settings_report(limit=2), "perplexity=1%")
+    assert _delta(result, "perplexity/embedded").reason == "--limit unset vs 2"
+    assert _delta(result, "latency/tpot").verdict == "same"
+
+
+def test_a_changed_dataset_is_not_a_missing_measurement():
+    new = _settings_report(perplexity={"dataset": "wikitext2"})
+    for run in new["runs"]:
+        run["measurements"][0]["name"] = "wikitext2"
+    result = _compare(_settings_report(), new, "perplexity=1%")
+    assert not result.failed
+    verdicts = {d.key: d.verdict for d in result.deltas if d.run == "baseline"}
+    assert verdicts["perplexity/embedded"] == verdicts["perplexity/wikitext2"] == "not comparable"
+
+
+def test_a_metric_listed_twice_compares_each_listing():
+    base = _settings_report()
+    for run in base["runs"]:
+        run["metrics"].append({"name": "perplexity", "params": {**PPL, "dataset": "c4"}})
+    new = copy.deepcopy(base)
+    assert not _compare(base, new).not_comparable
+    for run in new["runs"]:
+        run["metrics"][-1]["params"]["seqlen"] = 512
+    assert _delta(_compare(base, new), "perplexity/embedded").reason == "#2 seqlen 256 vs 512"
+    new["runs"][1]["metrics"].pop()
+    assert _delta(_compare(base, new), "perplexity/embedded").reason == "measured 2 vs 1 times"
+
+
+def test_a_parameter_recorded_on_one_side_compares_as_its_current_default():
+    base, new = _settings_report(), _settings_report(latency={"reference": False})  # added after BASE ran
+    assert _delta(compare_reports(base, new, _opts()), "latency/tpot").verdict == "same"  # registered default
+    assert _delta(_compare(base, new), "latency/tpot").reason == "reference unset vs False"  # no defaults known
+    reference = _settings_report(latency={"reference": True})
+    assert _delta(compare_reports(base, reference, _opts()), "latency/tpot").verdict == "not comparable"
+
+
+def test_reports_without_recorded_settings_compare_as_before():
+    result = _compare(make_report(), _settings_report(pruned_ppl=33.0), "perplexity=1%")
+    assert [d.key for d in result.regressions] == ["perplexity/embedded"]
+
+
+def test_different_models_are_named_in_the_summary():
+    base, new = _settings_report(), _settings_report()
+    base["suite"] = {"model": {"source": "smollm2-135m", "dtype": "float32"}, "seed": 0}
+    new["suite"] = {"model": {"source": "smollm2-135m", "dtype": "float16"}, "seed": 0}
+    result = _compare(base, new)
+    assert result.setting_changes == ("model.dtype float32 vs float16",)
+    assert "The reports' settings differ (not used to pair runs): model.dtype float32 vs float16" in to_markdown(result)
+    assert result.to_dict()["setting_changes"] == ["model.dtype float32 vs float16"]
+
+
+def test_cli_exits_0_when_the_only_worse_numbers_are_not_comparable(tmp_path):
+    base, new = tmp_path / "base.json", tmp_path / "new.json"
+    base.write_text(json.dumps(_settings_report()))
+    new.write_text(json.dumps(_settings_report(pruned_ppl=37.14, perplexity={"seqlen": 2048})))
+    out = tmp_path / "cmp.json"
+    result = paqbench("compare", str(base), str(new), "-t", "perplexity=1%", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "2 measurement(s) not comparable" in result.stdout and "REGRESSION" not in result.stderr
+    data = json.loads(out.read_text())
+    assert data["not_comparable"] == 2 and not data["failed"]
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps(_settings_report(pruned_ppl=37.14)))
+    assert paqbench("compare", str(base), str(same), "-t", "perplexity=1%").returncode == 1

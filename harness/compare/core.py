@@ -12,9 +12,17 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from paqbench.compare.settings import (
+    ParamDefaults,
+    differences,
+    metric_settings,
+    registered_defaults,
+    run_metric_changes,
+    setting_changes,
+)
 from paqbench.compare.thresholds import CompareOptions, Threshold
 
-Verdict = Literal["better", "worse", "same", "within noise", "changed", "n/a", "missing", "new"]
+Verdict = Literal["better", "worse", "same", "within noise", "changed", "n/a", "missing", "new", "not comparable"]
 Mode = Literal["value", "ratio"]
 BASELINE = "baseline"
 
@@ -51,11 +59,14 @@ class RunPair:
     matched_by: Literal["parameters", "name"]
     base_status: str
     new_status: str
-    parameter_changes: tuple[str, ...] = ()
+    parameter_changes: tuple[str, ...] = ()  # step parameters, when matched by name
+    metric_changes: tuple[str, ...] = ()  # metric parameters that make measurements not comparable
 
 
 @dataclass
 class Comparison:
+    """Everything ``paqbench compare`` found: the run pairs, each measurement's verdict, what did not pair."""
+
     base_label: str
     new_label: str
     options: CompareOptions
@@ -64,6 +75,12 @@ class Comparison:
     unmatched_base: list[str] = field(default_factory=list)
     unmatched_new: list[str] = field(default_factory=list)
     run_regressions: list[str] = field(default_factory=list)  # e.g. a run ok in BASE that failed in NEW
+    setting_changes: tuple[str, ...] = ()  # model, calibration or seed differ between the reports
+
+    @property
+    def not_comparable(self) -> list[MetricDelta]:
+        """Measurements whose metric ran with different parameters: shown, never judged."""
+        return [d for d in self.deltas if d.verdict == "not comparable"]
 
     @property
     def regressions(self) -> list[MetricDelta]:
@@ -78,6 +95,8 @@ class Comparison:
             "base": self.base_label,
             "new": self.new_label,
             "failed": self.failed,
+            "not_comparable": len(self.not_comparable),
+            "setting_changes": list(self.setting_changes),
             "regressions": [f"{d.run}: {d.key}" for d in self.regressions] + list(self.run_regressions),
             "options": _jsonable(asdict(self.options)),
             "pairs": [asdict(p) for p in self.pairs],
@@ -220,6 +239,74 @@ def worse_by(better: str | None, delta: float) -> float:
     return abs(delta)
 
 
+@dataclass(frozen=True)
+class _Sides:
+    """The two compared numbers (values or ratios to dense), their noise band and unit."""
+
+    base: float | None
+    new: float | None
+    noise: float | None
+    unit: str
+    reason: str = ""
+
+
+def _value_sides(base_m: dict[str, Any] | None, new_m: dict[str, Any] | None, options: CompareOptions,
+                 unit: str) -> _Sides:
+    base, new = _value(base_m), _value(new_m)
+    noise = None
+    if base is not None and new is not None:
+        noise = combined_noise(spread_width(base_m, options.stderr_is_noise),
+                               spread_width(new_m, options.stderr_is_noise), options.noise_sigmas)
+    return _Sides(base, new, noise, unit)
+
+
+def _ratio_sides(base_m: dict[str, Any] | None, new_m: dict[str, Any] | None, options: CompareOptions,
+                 base_dense: dict[str, Any] | None, new_dense: dict[str, Any] | None) -> _Sides:
+    base, base_noise, why_b = _ratio(base_m, base_dense, options.stderr_is_noise)
+    new, new_noise, why_n = _ratio(new_m, new_dense, options.stderr_is_noise)
+    noise = None
+    if base_noise is not None or new_noise is not None:
+        noise = combined_noise(base_noise, new_noise, options.noise_sigmas)
+    return _Sides(base, new, noise, "x dense", why_b or why_n)
+
+
+def _absent(sides: _Sides, ref: dict[str, Any], new_m: dict[str, Any] | None,
+            threshold: Threshold | None) -> tuple[Verdict, bool, str] | None:
+    """The verdict when a side has no number (``missing`` in NEW fails when gated); None when both have one."""
+    if sides.base is None and sides.new is None:
+        return "n/a", False, sides.reason or ref.get("unavailable") or "no value on either side"
+    if sides.new is None:
+        unavailable = (new_m or {}).get("unavailable")
+        why = sides.reason or ("unavailable in NEW: " + unavailable if unavailable else "missing in NEW")
+        return "missing", threshold is not None and threshold.gated, why
+    if sides.base is None:
+        return "new", False, sides.reason or "not in BASE"
+    return None
+
+
+def exceeds(threshold: Threshold | None, amount: float, base: float) -> bool:
+    """Whether getting worse by ``amount`` (from ``base``) breaks a gated threshold."""
+    if threshold is None or not threshold.gated or amount <= 0:
+        return False
+    if threshold.kind == "absolute":
+        return amount > threshold.limit + _EPS
+    return base == 0 or amount / abs(base) > threshold.limit + _EPS
+
+
+def _judge(better: str | None, base: float, new: float, noise: float | None,
+           threshold: Threshold | None) -> tuple[Verdict, bool]:
+    """Verdict and regression of a change from ``base`` to ``new``: inside the noise band it never counts."""
+    delta = new - base
+    if delta == 0:
+        return "same", False
+    if noise is not None and abs(delta) <= noise:
+        return "within noise", False
+    amount = worse_by(better, delta)
+    if better not in ("lower", "higher"):
+        return "changed", exceeds(threshold, amount, base)
+    return ("worse" if amount > 0 else "better"), exceeds(threshold, amount, base)
+
+
 def compare_measurement(
     run: str,
     key: str,
@@ -232,53 +319,35 @@ def compare_measurement(
     """The verdict on one measurement. ``*_dense`` are the same measurement in each
     report's dense baseline run, needed when ``key`` is compared as a ratio."""
     ref = base_m or new_m or {}
-    unit, better = ref.get("unit", ""), ref.get("better")
     threshold = options.threshold_for(key)
     mode: Mode = "ratio" if options.is_baseline_relative(key) else "value"
-    reason = ""
     if mode == "ratio":
-        base, base_noise, why_b = _ratio(base_m, base_dense, options.stderr_is_noise)
-        new, new_noise, why_n = _ratio(new_m, new_dense, options.stderr_is_noise)
-        reason = why_b or why_n
-        noise = None
-        if base_noise is not None or new_noise is not None:
-            noise = combined_noise(base_noise, new_noise, options.noise_sigmas)
-        unit = "x dense"
+        sides = _ratio_sides(base_m, new_m, options, base_dense, new_dense)
     else:
-        base, new = _value(base_m), _value(new_m)
-        noise = None
-        if _value(base_m) is not None and _value(new_m) is not None:
-            noise = combined_noise(spread_width(base_m, options.stderr_is_noise),
-                                   spread_width(new_m, options.stderr_is_noise), options.noise_sigmas)
-
-    def result(verdict: Verdict, regressed: bool, abs_change=None, rel_change=None, why=reason) -> MetricDelta:
-        return MetricDelta(run, key, unit, better, mode, base, new, abs_change, rel_change, noise, verdict,
-                           threshold, regressed, why)
-
-    if base is None and new is None:
-        return result("n/a", False, why=reason or (ref.get("unavailable") or "no value on either side"))
-    if new is None:
-        why = reason or ("unavailable in NEW: " + new_m["unavailable"] if new_m and new_m.get("unavailable")
-                         else "missing in NEW")
-        return result("missing", threshold is not None and threshold.gated, why=why)
-    if base is None:
-        return result("new", False, why=reason or "not in BASE")
-
+        sides = _value_sides(base_m, new_m, options, ref.get("unit", ""))
+    better = ref.get("better")
+    absent = _absent(sides, ref, new_m, threshold)
+    if absent is not None:
+        verdict, regressed, why = absent
+        return MetricDelta(run, key, sides.unit, better, mode, sides.base, sides.new, None, None, sides.noise,
+                           verdict, threshold, regressed, why)
+    base, new = sides.base, sides.new
+    assert base is not None and new is not None  # _absent handled the others
     delta = new - base
-    rel = delta / abs(base) if base != 0 else None
-    if delta == 0:
-        return result("same", False, delta, rel)
-    if noise is not None and abs(delta) <= noise:
-        return result("within noise", False, delta, rel)
-    amount = worse_by(better, delta)
-    verdict: Verdict = "changed" if better not in ("lower", "higher") else ("worse" if amount > 0 else "better")
-    regressed = False
-    if threshold is not None and threshold.gated and amount > 0:
-        if threshold.kind == "absolute":
-            regressed = amount > threshold.limit + _EPS
-        else:
-            regressed = base == 0 or amount / abs(base) > threshold.limit + _EPS
-    return result(verdict, regressed, delta, rel)
+    verdict, regressed = _judge(better, base, new, sides.noise, threshold)
+    return MetricDelta(run, key, sides.unit, better, mode, base, new, delta, delta / abs(base) if base else None,
+                       sides.noise, verdict, threshold, regressed, sides.reason)
+
+
+def not_comparable(
+    run: str, key: str, base_m: dict[str, Any] | None, new_m: dict[str, Any] | None, options: CompareOptions,
+    why: list[str],
+) -> MetricDelta:
+    """A measurement whose metric ran with different parameters on the two sides: both
+    values shown, no change computed, never a regression (also when one side lacks it)."""
+    ref = base_m or new_m or {}
+    return MetricDelta(run, key, ref.get("unit", ""), ref.get("better"), "value", _value(base_m), _value(new_m),
+                       None, None, None, "not comparable", options.threshold_for(key), False, ", ".join(why))
 
 
 # -- whole reports ----------------------------------------------------------------------
@@ -289,37 +358,61 @@ def _dense(report: dict[str, Any]) -> dict[str, Any] | None:
                 None)
 
 
+@dataclass(frozen=True)
+class _Context:
+    """What every pair of a comparison shares."""
+
+    options: CompareOptions
+    base_dense: dict[str, dict[str, Any]]
+    new_dense: dict[str, dict[str, Any]]
+    defaults: ParamDefaults
+
+
+def _compare_pair(comparison: Comparison, base_run: dict[str, Any], new_run: dict[str, Any], how: str,
+                  ctx: _Context) -> None:
+    """Add one pair of runs, its run-level regressions and its measurements to ``comparison``."""
+    comparison.pairs.append(RunPair(
+        base_name=base_run["name"], new_name=new_run["name"], pipeline=new_run.get("pipeline", ""),
+        matched_by=how,  # type: ignore[arg-type]
+        base_status=base_run.get("status", "?"), new_status=new_run.get("status", "?"),
+        parameter_changes=_parameter_changes(base_run, new_run) if how == "name" else (),
+        metric_changes=run_metric_changes(base_run, new_run, ctx.defaults),
+    ))
+    name = new_run["name"]
+    if base_run.get("status") == "ok" and new_run.get("status") != "ok":
+        message = ((new_run.get("error") or {}).get("message") or "failed").splitlines()[0]
+        comparison.run_regressions.append(f"{name}: failed in NEW ({message})")
+    base_ms, new_ms = _index(base_run), _index(new_run)
+    for key in list(base_ms) + [k for k in new_ms if k not in base_ms]:
+        if ctx.options.is_ignored(key):
+            continue
+        base_m, new_m = base_ms.get(key), new_ms.get(key)
+        ref = base_m or new_m or {}
+        metric = ref.get("metric", key.split("/", 1)[0])
+        why = differences(metric, ref.get("name"), metric_settings(base_run, metric, ctx.defaults),
+                          metric_settings(new_run, metric, ctx.defaults))
+        if why:
+            comparison.deltas.append(not_comparable(name, key, base_m, new_m, ctx.options, why))
+        else:
+            comparison.deltas.append(compare_measurement(name, key, base_m, new_m, ctx.options,
+                                                         ctx.base_dense.get(key), ctx.new_dense.get(key)))
+
+
 def compare_reports(
     base: dict[str, Any], new: dict[str, Any], options: CompareOptions | None = None,
-    base_label: str = "BASE", new_label: str = "NEW",
+    base_label: str = "BASE", new_label: str = "NEW", param_defaults: ParamDefaults = registered_defaults,
 ) -> Comparison:
-    """Every measurement of every paired run, with verdicts against ``options``."""
+    """Every measurement of every paired run, with verdicts against ``options``; a
+    measurement whose metric parameters differ is ``not comparable``. ``param_defaults``
+    gives a metric's parameter defaults, for a parameter one report did not record."""
     options = options or CompareOptions()
-    comparison = Comparison(base_label=base_label, new_label=new_label, options=options)
+    comparison = Comparison(base_label=base_label, new_label=new_label, options=options,
+                            setting_changes=setting_changes(base, new))
     pairs, comparison.unmatched_base, comparison.unmatched_new = pair_runs(
         base.get("runs") or [], new.get("runs") or [], options.strict_match)
     if options.fail_on_missing:
         comparison.run_regressions += [f"{name}: not in NEW" for name in comparison.unmatched_base]
-    base_dense, new_dense = _index(_dense(base)), _index(_dense(new))
-
+    ctx = _Context(options, _index(_dense(base)), _index(_dense(new)), param_defaults)
     for base_run, new_run, how in pairs:
-        comparison.pairs.append(RunPair(
-            base_name=base_run["name"], new_name=new_run["name"], pipeline=new_run.get("pipeline", ""),
-            matched_by=how,  # type: ignore[arg-type]
-            base_status=base_run.get("status", "?"), new_status=new_run.get("status", "?"),
-            parameter_changes=_parameter_changes(base_run, new_run) if how == "name" else (),
-        ))
-        name = new_run["name"]
-        if base_run.get("status") == "ok" and new_run.get("status") != "ok":
-            message = ((new_run.get("error") or {}).get("message") or "failed").splitlines()[0]
-            comparison.run_regressions.append(f"{name}: failed in NEW ({message})")
-        base_ms, new_ms = _index(base_run), _index(new_run)
-        keys = list(base_ms) + [k for k in new_ms if k not in base_ms]
-        for key in keys:
-            if options.is_ignored(key):
-                continue
-            comparison.deltas.append(compare_measurement(
-                name, key, base_ms.get(key), new_ms.get(key), options,
-                base_dense.get(key), new_dense.get(key),
-            ))
+        _compare_pair(comparison, base_run, new_run, how, ctx)
     return comparison

@@ -8,7 +8,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from paqbench.compare.core import Comparison, MetricDelta
+from paqbench.compare.core import Comparison, MetricDelta, RunPair
 from paqbench.report.formatting import format_value
 
 
@@ -62,62 +62,94 @@ def _change(d: MetricDelta) -> tuple[str, str]:
 
 
 def _verdict(d: MetricDelta) -> str:
-    text = {"better": "better", "worse": "worse"}.get(d.verdict, d.verdict)
     if d.regressed:
-        return f"**REGRESSION** ({text})"
-    return text
+        return f"**REGRESSION** ({d.verdict})"
+    return d.verdict
 
 
-def to_markdown(comparison: Comparison) -> str:
-    """The comparison as Markdown: regressions first, then every metric of every run."""
-    c = comparison
-    lines = [f"# paqbench compare: `{c.base_label}` -> `{c.new_label}`", ""]
+_MATCHED_BY = {
+    "parameters": "matched by pipeline and step parameters",
+    "name": "matched by run name",
+}
+
+
+def _summary(c: Comparison) -> list[str]:
+    """The verdict in a line or two: regressions, and how many measurements were not comparable."""
     failures = [f"{d.run}: {d.key}" for d in c.regressions] + c.run_regressions
-    if failures:
-        lines += [f"**{len(failures)} regression(s):** " + "; ".join(failures), ""]
-    else:
-        lines += ["No regression beyond the thresholds.", ""]
+    lines = [f"**{len(failures)} regression(s):** " + "; ".join(failures) if failures
+             else "No regression beyond the thresholds."]
+    if c.not_comparable:
+        lines.append(f"{len(c.not_comparable)} measurement(s) not comparable: their metric ran with different "
+                     "parameters (listed per run); never counted as regressions.")
+    if c.setting_changes:
+        lines.append("The reports' settings differ (not used to pair runs): " + "; ".join(c.setting_changes))
+    return [line for text in lines for line in (text, "")]
+
+
+def _rules(c: Comparison) -> list[str]:
+    lines = []
     if c.options.thresholds:
         lines.append("Thresholds (how much worse a metric may get): "
                      + ", ".join(f"`{t.key}` {t.describe()}" for t in c.options.thresholds))
     if c.options.baseline_relative:
         lines.append("Compared as ratios to each report's own dense baseline run: "
                      + ", ".join(f"`{k}`" for k in c.options.baseline_relative))
-    lines += ["Changes inside the noise band (combined spread of repeated measurements, "
-              f"{c.options.noise_sigmas:g}x) are not counted.", ""]
-    if c.regressions:
-        rows = [[d.run, d.key, _fmt(d.base, d.unit), _fmt(d.new, d.unit), *_change(d),
-                 d.threshold.describe() if d.threshold else "", d.reason] for d in c.regressions]
-        lines += ["## Regressions", "",
-                  tabulate(rows, headers=["run", "metric", "base", "new", "change", "relative", "threshold", "note"],
-                           tablefmt="github", disable_numparse=True), ""]
-    if c.unmatched_base or c.unmatched_new:
-        lines += ["## Unmatched runs", ""]
-        if c.unmatched_base:
-            lines.append("Only in BASE: " + ", ".join(f"`{n}`" for n in c.unmatched_base))
-        if c.unmatched_new:
-            lines.append("Only in NEW: " + ", ".join(f"`{n}`" for n in c.unmatched_new))
-        lines.append("")
-    lines += ["## Runs", ""]
+    lines.append("Changes inside the noise band (combined spread of repeated measurements, "
+                 f"{c.options.noise_sigmas:g}x) are not counted.")
+    return [*lines, ""]
+
+
+def _regressions(c: Comparison) -> list[str]:
+    if not c.regressions:
+        return []
+    rows = [[d.run, d.key, _fmt(d.base, d.unit), _fmt(d.new, d.unit), *_change(d),
+             d.threshold.describe() if d.threshold else "", d.reason] for d in c.regressions]
+    return ["## Regressions", "",
+            tabulate(rows, headers=["run", "metric", "base", "new", "change", "relative", "threshold", "note"],
+                     tablefmt="github", disable_numparse=True), ""]
+
+
+def _unmatched(c: Comparison) -> list[str]:
+    if not (c.unmatched_base or c.unmatched_new):
+        return []
+    lines = ["## Unmatched runs", ""]
+    if c.unmatched_base:
+        lines.append("Only in BASE: " + ", ".join(f"`{n}`" for n in c.unmatched_base))
+    if c.unmatched_new:
+        lines.append("Only in NEW: " + ", ".join(f"`{n}`" for n in c.unmatched_new))
+    return [*lines, ""]
+
+
+def _pair_status(pair: RunPair) -> str:
+    status = f"status {pair.base_status} -> {pair.new_status}; {_MATCHED_BY.get(pair.matched_by, pair.matched_by)}"
+    if pair.parameter_changes:
+        status += "; step parameters differ: " + "; ".join(pair.parameter_changes)
+    if pair.metric_changes:
+        status += "; metric parameters differ (not comparable): " + "; ".join(pair.metric_changes)
+    return status
+
+
+def _pair(c: Comparison, pair: RunPair) -> list[str]:
+    title = pair.new_name if pair.base_name == pair.new_name else f"{pair.base_name} -> {pair.new_name}"
+    lines = [f"### {title}", "", _pair_status(pair), ""]
+    rows = [[d.key, _fmt(d.base, d.unit), _fmt(d.new, d.unit), *_change(d),
+             _fmt(d.noise, d.unit) if d.noise is not None else "", d.better or "",
+             d.threshold.describe() if d.threshold else "", _verdict(d), d.reason]
+            for d in c.deltas if d.run == pair.new_name]
+    if rows:
+        lines += [tabulate(rows, headers=["metric", "base", "new", "change", "relative", "noise ±", "better",
+                                          "threshold", "verdict", "note"], tablefmt="github", disable_numparse=True),
+                  ""]
+    return lines
+
+
+def to_markdown(comparison: Comparison) -> str:
+    """The comparison as Markdown: regressions first, then every metric of every run."""
+    c = comparison
+    lines = [f"# paqbench compare: `{c.base_label}` -> `{c.new_label}`", "",
+             *_summary(c), *_rules(c), *_regressions(c), *_unmatched(c), "## Runs", ""]
     for pair in c.pairs:
-        title = pair.new_name if pair.base_name == pair.new_name else f"{pair.base_name} -> {pair.new_name}"
-        lines += [f"### {title}", ""]
-        status = f"status {pair.base_status} -> {pair.new_status}; matched by {pair.matched_by}"
-        if pair.parameter_changes:
-            status += "; parameters differ: " + "; ".join(pair.parameter_changes)
-        lines += [status, ""]
-        rows = []
-        for d in c.deltas:
-            if d.run != pair.new_name:
-                continue
-            noise = _fmt(d.noise, d.unit) if d.noise is not None else ""
-            rows.append([d.key, _fmt(d.base, d.unit), _fmt(d.new, d.unit), *_change(d), noise,
-                         d.better or "", d.threshold.describe() if d.threshold else "", _verdict(d), d.reason])
-        if rows:
-            lines.append(tabulate(rows, headers=["metric", "base", "new", "change", "relative", "noise ±",
-                                                 "better", "threshold", "verdict", "note"],
-                                  tablefmt="github", disable_numparse=True))
-            lines.append("")
+        lines += _pair(c, pair)
     return "\n".join(lines)
 
 
