@@ -8,11 +8,13 @@ from paqbench.compare.core import (
     combined_noise,
     compare_measurement,
     compare_reports,
+    not_comparable,
     pair_runs,
     run_signature,
     spread_width,
 )
 from paqbench.compare.render import ReportNotFound, load_report, to_markdown, write_json
+from paqbench.compare.settings import PARAM_SCOPE, registered_defaults
 from paqbench.compare.thresholds import (
     CompareOptions,
     Threshold,
@@ -23,6 +25,7 @@ from paqbench.compare.thresholds import (
 )
 
 __all__ = [
+    "PARAM_SCOPE",
     "CompareOptions",
     "Comparison",
     "MetricDelta",
@@ -35,9 +38,11 @@ __all__ = [
     "compare_reports",
     "load_report",
     "load_thresholds_file",
+    "not_comparable",
     "pair_runs",
     "parse_limit",
     "parse_option",
+    "registered_defaults",
     "run_signature",
     "spread_width",
     "to_markdown",
