@@ -40,13 +40,16 @@ codes, scales, zero points, group index and bias consistently, in place), then w
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
 from paqbench.layers.kinds import UnsupportedLayerError, layer_kind
 from paqbench.layers.sparsity import get_mask, set_mask
+
+if TYPE_CHECKING:
+    from paqbench.export.capability import Capability
 
 Dim = Literal["input", "output"]
 Norm = Literal["l1", "l2"]
@@ -115,6 +118,15 @@ class _ChannelSelection(nn.Module):
     def index(self) -> torch.Tensor:
         """The kept channels, ascending."""
         return getattr(self, self.INDEX_BUFFER)
+
+    def export_capability(self, target: str) -> Capability:
+        """Engines have no gather/scatter layer: written as the full-width dense layer
+        (removed channels are zero), whatever format the inner layer has."""
+        from paqbench.export.capability import check_target, converted
+
+        check_target(target)
+        return converted("F16" if target == "gguf" else "float16 tensor",
+                         "expanded to the full-width weight (removed channels zero)")
 
 
 class InputSelect(_ChannelSelection):

@@ -21,7 +21,7 @@ statistic of the weighted variants.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,9 @@ from torch import nn
 
 from paqbench.layers.sparsity import MASK_BUFFER, get_mask
 from paqbench.quant import kernels
+
+if TYPE_CHECKING:
+    from paqbench.export.capability import Capability
 
 #: Points per chunk when computing point-to-center distances (chunk x K floats: cache-sized).
 _CHUNK = 4096
@@ -60,6 +63,14 @@ class CodebookLinear(nn.Module):
 
     def dequantize(self) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def export_capability(self, target: str) -> Capability:
+        """No export target has a codebook type: the weight is written dequantized."""
+        from paqbench.export.capability import check_target, converted
+
+        check_target(target)
+        return converted("F16" if target == "gguf" else "float16 tensor",
+                         f"{type(self).__name__} codebooks have no {target} type; written dequantized")
 
     # ------------------------------------------------------------------ forward
 

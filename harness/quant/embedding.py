@@ -35,7 +35,7 @@ hook) to put a :class:`TiedQuantizedHead` on the model's output embeddings again
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,9 @@ from paqbench.quant import kernels
 from paqbench.quant.linear import register_format, register_load_hook, replace_module
 from paqbench.quant.packing import pack, packed_length, unpack
 from paqbench.quant.quantizer import SCALE_DTYPE, QuantConfig, QuantizedWeight, dequantize, quantize_rtn
+
+if TYPE_CHECKING:
+    from paqbench.export.capability import Capability
 
 _BUFFERS = ("qweight", "qzeros", "scales", "g_idx", "emeta")
 #: Vocabulary rows the tied head dequantizes at once (SmolLM2: 16384 x 576 float32 = 38 MB).
@@ -162,6 +165,13 @@ class QuantizedEmbedding(nn.Module):
     def quantized_weight(self) -> QuantizedWeight:
         """The unpacked codes, scales, zeros and group index of the whole table."""
         return QuantizedWeight(self.unpack_codes(), self.scales, self.unpack_zeros(), self.g_idx, self.config)
+
+    def export_capability(self, target: str) -> Capability:
+        """How this table goes into export ``target`` (:mod:`paqbench.export`): GGUF holds
+        a quantized token table; compressed-tensors gets it dequantized."""
+        from paqbench.export.grid import integer_grid_capability
+
+        return integer_grid_capability(self, target, packed_in_ct=False)
 
     # ------------------------------------------------------------------ forward
 
@@ -302,6 +312,13 @@ class TiedQuantizedHead(nn.Module):
         counted as parameters, once: by the embedding)."""
         dense = self.out_features * self.in_features
         return dense, int(self.embedding.paqbench_nonzero())
+
+    def export_capability(self, target: str) -> Capability:
+        """Tied: the target stores the table once and the engine reuses it as the head."""
+        from paqbench.export.capability import Capability
+
+        table = self.embedding.export_capability(target)
+        return Capability(table.level, f"tied to the token table ({table.how})", table.reason)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, chunk_rows={self.chunk_rows}"

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,9 @@ from paqbench.quant.quantizer import (
     keep_mask,
     quantize_rtn,
 )
+
+if TYPE_CHECKING:
+    from paqbench.export.capability import Capability
 
 _BUFFERS = ("qweight", "qzeros", "scales", "g_idx", "qmeta")
 
@@ -171,6 +174,13 @@ class QuantizedLinear(nn.Module):
             self.unpack_codes(), self.scales, self.unpack_zeros(), self.g_idx,
             QuantConfig(self.bits, self.group_size, self.symmetric),
         )
+
+    def export_capability(self, target: str) -> Capability:
+        """How this layer goes into export ``target`` (:mod:`paqbench.export`): codes copied
+        where the target's blocks fit the groups, else written dequantized."""
+        from paqbench.export.grid import integer_grid_capability
+
+        return integer_grid_capability(self, target)
 
     # ------------------------------------------------------------------ forward
 

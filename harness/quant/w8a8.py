@@ -42,7 +42,7 @@ dtype on the first forward; each is probed against exact integer arithmetic firs
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -51,6 +51,9 @@ from paqbench.layers.sparsity import MASK_BUFFER, get_mask
 from paqbench.quant import kernels
 from paqbench.quant.linear import register_format
 from paqbench.quant.quantizer import keep_mask
+
+if TYPE_CHECKING:
+    from paqbench.export.capability import Capability
 
 QMAX = 127
 #: Input columns per exact float32 chunk: 1024 * 127 * 127 < 2**24.
@@ -132,6 +135,15 @@ class Int8DynamicLinear(nn.Module):
     def dequantize(self) -> torch.Tensor:
         """The float32 weight ``[out, in]`` the codes stand for."""
         return self.weight_int8.float() * self.weight_scale.float()[:, None]
+
+    def export_capability(self, target: str) -> Capability:
+        """Written dequantized: the per-token int8 activations are not exported, so the
+        engine runs the int8-rounded weights on float activations."""
+        from paqbench.export.capability import check_target, converted
+
+        check_target(target)
+        return converted("F16" if target == "gguf" else "float16 tensor",
+                         "int8 weights dequantized; per-token activation quantization not exported")
 
     # ------------------------------------------------------------------ forward
 

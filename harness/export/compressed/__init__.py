@@ -1,0 +1,1 @@
+"""compressed-tensors export (transformers, vLLM): packed tensors, config, the writer."""

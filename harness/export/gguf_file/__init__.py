@@ -1,0 +1,1 @@
+"""GGUF export (llama.cpp): blocks from paqbench's codes, names, metadata, the writer."""

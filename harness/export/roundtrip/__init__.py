@@ -1,0 +1,1 @@
+"""Reload an exported artifact in its engine and compare its logits with paqbench's."""
