@@ -1,32 +1,71 @@
-"""The latency metric: TPOT arithmetic, fixed-length greedy generation, and a run on the
-tiny model whose numbers must agree with each other."""
+"""The latency metric: TPOT arithmetic, fixed-length greedy generation, the sampling rule
+and the paired reference mode.
+
+Timing tests run the tiny model on a fake clock that moves only when the model runs a
+forward pass (a fixed cost per prefill and per decode step), so every number is exact and
+no outcome depends on how fast or loaded the machine is."""
 
 from __future__ import annotations
 
+import itertools
 import statistics
-import time
+from collections.abc import Iterable
 
 import pytest
 import torch
 from pydantic import ValidationError
 
+from paqbench.models.embedded import tiny_random_llama
 from paqbench.plugins.metrics.latency import (
     Clock,
     Latency,
     derive_rates,
     eval_mode,
     iteration_bounds,
+    paired_loop,
     prepare_generation,
     prompt_ids,
+    repeat_until,
     timed_generate,
 )
 
 TINY = dict(prompt_tokens=16, new_tokens=8, warmup=1, min_iterations=3, min_seconds=0)
+FAKE = dict(prompt_tokens=16, new_tokens=4, warmup=1, min_iterations=3, min_seconds=0)
 
 
-def _measure(model, ctx, **params):
-    """The metric's measurements by name."""
-    return {m.name: m for m in Latency().measure(model, Latency.Params(**params), ctx)}
+def _measure(model, ctx, now=None, **params):
+    """The metric's measurements by name (on the host clock ``now`` when given)."""
+    metric = Latency() if now is None else Latency(now=now)
+    return {m.name: m for m in metric.measure(model, Latency.Params(**params), ctx)}
+
+
+class FakeTime:
+    """A host clock that stands still unless something advances it."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def costing(model: torch.nn.Module, now: FakeTime, prefill_s: float | Iterable[float], step_s: float,
+            log: list[str] | None = None, label: str = "") -> torch.nn.Module:
+    """``model`` whose forward passes advance ``now``: each prefill (the whole prompt, one per
+    generate call) by the next of ``prefill_s`` (or always by it), each decode step by
+    ``step_s``; ``log`` gets ``label`` at each prefill. Powers of two keep the sums exact."""
+    prefills = itertools.repeat(prefill_s) if isinstance(prefill_s, float) else iter(prefill_s)
+
+    def advance(module, args, kwargs):
+        if kwargs["input_ids"].shape[1] > 1:
+            now.t += next(prefills)
+            if log is not None:
+                log.append(label)
+        else:
+            now.t += step_s
+
+    model.register_forward_pre_hook(advance, with_kwargs=True)
+    return model
 
 
 def test_tpot_excludes_the_first_token_and_rates_follow():
@@ -123,24 +162,69 @@ def test_latency_on_the_tiny_model_is_self_consistent(tiny_llama, make_context):
     assert details["prompt"]["dataset"] == "embedded"
 
 
-def test_batch_rows_count_in_tokens_per_second(tiny_llama, make_context):
-    params = {**TINY, "batch_size": 2, "min_iterations": 1}
-    measurements = _measure(tiny_llama, make_context(), **params)
-    (t,), (e,), (d,) = (measurements[k].samples for k in ("ttft", "e2e", "decode_tokens_per_s"))
-    assert d == pytest.approx(2 * 7 / (e - t))
-    assert measurements["prefill_tokens_per_s"].samples[0] == pytest.approx(2 * 16 / t)
+def test_fake_clock_gives_exact_ttft_tpot_rates_percentiles_and_cold_call(make_context):
+    now = FakeTime()
+    ttft = [0.25, 0.5, 0.25, 1.0, 0.5]  # prefill seconds of the measured calls; 2 s for the warm-up
+    model = costing(tiny_random_llama(seed=0), now, [2.0, *ttft], step_s=0.125)
+    m = _measure(model, make_context(), now, **{**FAKE, "min_iterations": 5})
+    assert m["ttft"].samples == ttft
+    assert m["e2e"].samples == [t + 3 * 0.125 for t in ttft]  # 4 new tokens: the prefill gives the first
+    assert m["tpot"].samples == [0.125] * 5
+    assert m["decode_tokens_per_s"].samples == [8.0] * 5
+    assert m["prefill_tokens_per_s"].samples == [64.0, 32.0, 64.0, 16.0, 32.0]
+    assert m["ttft"].value == 0.5 and m["prefill_tokens_per_s"].value == 32.0  # medians
+    spread = m["ttft"].spread  # sorted 0.25 0.25 0.5 0.5 1.0; p90 at rank 3.6, p99 at 3.96
+    assert (spread["min"], spread["max"], spread["mean"]) == (0.25, 1.0, 0.5)
+    assert spread["p90"] == pytest.approx(0.8) and spread["p99"] == pytest.approx(0.98)
+    assert spread["stdev"] == pytest.approx(statistics.stdev(ttft))
+    assert m["cold_e2e"].value == 2.375 and m["cold_e2e"].details["cold_ttft_s"] == 2.0
+    details = m["e2e"].details
+    assert details["iterations"] == 5 and details["measured_wall_s"] == sum(m["e2e"].samples)
+    assert details["timer"].startswith("injected clock")
 
 
-def test_min_seconds_keeps_measuring(tiny_llama, make_context):
-    params = {**TINY, "min_iterations": 1, "min_seconds": 0.3}
-    e2e = _measure(tiny_llama, make_context(), **params)["e2e"]
-    assert e2e.details["measured_wall_s"] >= 0.3
-    assert sum(e2e.samples) <= e2e.details["measured_wall_s"]
+def test_batch_rows_count_in_tokens_per_second(make_context):
+    now = FakeTime()
+    model = costing(tiny_random_llama(seed=0), now, 0.25, step_s=0.125)
+    m = _measure(model, make_context(), now, **{**FAKE, "batch_size": 2, "min_iterations": 1})
+    assert m["decode_tokens_per_s"].samples == [2 * 3 / 0.375]
+    assert m["prefill_tokens_per_s"].samples == [2 * 16 / 0.25]
+    assert m["tpot"].samples == [0.125]  # per token of a row: batching does not divide it
 
 
-def test_limit_caps_iterations(tiny_llama, make_context):
-    params = {**TINY, "min_iterations": 5, "min_seconds": 30}
-    ttft = _measure(tiny_llama, make_context(limit=2), **params)["ttft"]
+@pytest.mark.parametrize("min_iterations, min_seconds, max_iterations, calls", [
+    (1, 0.0, None, 1),
+    (1, 1.0, None, 3),  # 0.375, 0.75 < 1 s; stops after 1.125 s
+    (4, 1.0, None, 4),  # min_iterations outlasts min_seconds
+    (1, 10.0, 2, 2),  # max_iterations stops the clock rule
+    (3, 0.75, None, 3),  # at least min_seconds: 0.75 s reached by two calls, three asked
+])
+def test_repeat_until_stops_on_iterations_and_seconds(min_iterations, min_seconds, max_iterations, calls):
+    now = FakeTime()
+    done: list[int] = []
+
+    def call(index: int) -> None:
+        done.append(index)
+        now.t += 0.375
+
+    wall = repeat_until(call, Clock(torch.device("cpu"), now), min_iterations=min_iterations,
+                        min_seconds=min_seconds, max_iterations=max_iterations)
+    assert done == list(range(calls))
+    assert wall == 0.375 * calls
+
+
+def test_min_seconds_keeps_measuring(make_context):
+    now = FakeTime()
+    model = costing(tiny_random_llama(seed=0), now, 0.25, step_s=0.125)  # 0.625 s per call
+    e2e = _measure(model, make_context(), now, **{**FAKE, "min_iterations": 1, "min_seconds": 1.0})["e2e"]
+    assert e2e.samples == [0.625, 0.625] and e2e.details["measured_wall_s"] == 1.25
+
+
+def test_limit_caps_iterations(make_context):
+    now = FakeTime()
+    model = costing(tiny_random_llama(seed=0), now, 0.25, step_s=0.125)
+    params = {**FAKE, "min_iterations": 5, "min_seconds": 30}
+    ttft = _measure(model, make_context(limit=2), now, **params)["ttft"]
     assert len(ttft.samples) == ttft.details["iterations"] == 2
 
 
@@ -178,52 +262,42 @@ def test_real_model_generates_the_fixed_length(smollm2, make_context):
 # ------------------------------------------------------------- the uncompressed reference
 
 
-def slowed(model: torch.nn.Module, seconds: float) -> torch.nn.Module:
-    """``model`` with a sleep before every forward (each prefill and decode step)."""
-    model.register_forward_pre_hook(lambda module, args: time.sleep(seconds))
-    return model
-
-
-def test_reference_speedups_are_per_pair_ratios_and_see_a_slower_model(make_context):
-    from paqbench.models.embedded import tiny_random_llama
-
-    ctx = make_context(teacher=lambda: tiny_random_llama(seed=0))
-    slow = slowed(tiny_random_llama(seed=0), 0.1)
-    measurements = _measure(slow, ctx, **{**TINY, "new_tokens": 4}, reference=True)
-    decode, prefill = measurements["decode_speedup"], measurements["prefill_speedup"]
+def test_reference_speedups_are_per_pair_ratios_in_alternating_order(make_context):
+    now, order = FakeTime(), []
+    # warm-up first, then the measured calls; the pairs' medians (0.5 s each) would give a
+    # prefill speedup of 1, the per-pair ratios 4, 0.5, 0.5 give 0.5
+    mine = costing(tiny_random_llama(seed=0), now, [1.0, 0.25, 0.5, 1.0], step_s=0.25, log=order, label="A")
+    ctx = make_context(teacher=lambda: costing(tiny_random_llama(seed=0), now, [1.0, 1.0, 0.25, 0.5],
+                                               step_s=0.125, log=order, label="B"))
+    m = _measure(mine, ctx, now, **FAKE, reference=True)
+    assert "".join(order) == "AB" + "AB" + "BA" + "AB"  # warm-ups, then A B, B A, A B
+    decode, prefill = m["decode_speedup"], m["prefill_speedup"]
     assert decode.unit == "×" and decode.better == "higher"
-    tpot = measurements["tpot"].samples
-    assert len(decode.samples) == len(tpot) == 3
-    reference_tpot = [t * s for t, s in zip(tpot, decode.samples, strict=True)]  # speedup = ref / this
-    assert decode.details["reference_tpot_s"] == pytest.approx(statistics.median(reference_tpot))
-    # 100 ms more per forward than the reference's 1-50 ms (a loaded 2-core machine): every
-    # decode step pays it, the prefill once
-    assert decode.value < 0.75 and prefill.value < 0.9
+    assert decode.samples == [0.5, 0.5, 0.5]  # 0.125 s per step against this model's 0.25 s
+    assert prefill.samples == [4.0, 0.5, 0.5] and prefill.value == 0.5
+    assert m["ttft"].samples == [0.25, 0.5, 1.0] and m["tpot"].samples == [0.25] * 3
+    assert decode.details["reference_tpot_s"] == 0.125 and decode.details["reference_ttft_s"] == 0.5
     assert ctx._teacher is None  # the reference is dropped after the metric
 
-    # the other way round: this model is the fast one
-    ctx = make_context(teacher=lambda: slowed(tiny_random_llama(seed=0), 0.1))
-    fast = _measure(tiny_random_llama(seed=0), ctx, **{**TINY, "new_tokens": 4}, reference=True)
-    assert fast["decode_speedup"].value > 1 / 0.75
+
+def test_reference_speedup_of_a_faster_model_is_above_one(make_context):
+    now = FakeTime()
+    fast = costing(tiny_random_llama(seed=0), now, 0.25, step_s=0.125)
+    ctx = make_context(teacher=lambda: costing(tiny_random_llama(seed=0), now, 1.0, step_s=0.5))
+    m = _measure(fast, ctx, now, **FAKE, reference=True)
+    assert m["decode_speedup"].samples == [4.0] * 3 and m["prefill_speedup"].samples == [4.0] * 3
 
 
 def test_paired_calls_alternate_their_order(make_context):
-    from paqbench.models.embedded import tiny_random_llama
-    from paqbench.plugins.metrics.latency import paired_loop
-
-    order: list[str] = []
-
-    def on_prefill(label):  # one prefill (the whole prompt) per generate call
-        return lambda module, args, kwargs: order.append(label) if kwargs["input_ids"].shape[1] > 1 else None
-
-    model, reference = tiny_random_llama(seed=0), tiny_random_llama(seed=0)
-    model.register_forward_pre_hook(on_prefill("A"), with_kwargs=True)
-    reference.register_forward_pre_hook(on_prefill("B"), with_kwargs=True)
-    ctx = make_context()
-    setup = prepare_generation(model, ctx, prompt_tokens=8, new_tokens=2, batch_size=1)
+    now, order = FakeTime(), []
+    model = costing(tiny_random_llama(seed=0), now, 0.25, step_s=0.125, log=order, label="A")
+    reference = costing(tiny_random_llama(seed=0), now, 0.25, step_s=0.125, log=order, label="B")
+    setup = prepare_generation(model, make_context(), prompt_tokens=8, new_tokens=2, batch_size=1)
     with eval_mode(model), eval_mode(reference):
-        timings, reference_timings, _ = paired_loop(
-            model, reference, setup, setup, Clock(setup.device), min_iterations=4, min_seconds=0, max_iterations=4
+        timings, reference_timings, wall = paired_loop(
+            model, reference, setup, setup, Clock(setup.device, now), min_iterations=4, min_seconds=0,
+            max_iterations=4,
         )
     assert len(timings) == len(reference_timings) == 4
     assert "".join(order) == "ABBAABBA"  # A B, B A, A B, B A
+    assert wall == 8 * (0.25 + 0.125)

@@ -102,14 +102,21 @@ def derive_rates(
 # -- timing one generate call ------------------------------------------------------------
 
 
+Now = Callable[[], float]
+
+
 class Clock:
     """Timestamps that mean the same on CPU and GPU: CUDA events recorded on the current
-    stream (read after a synchronize), or ``time.perf_counter`` on a CPU."""
+    stream (read after a synchronize), or ``now()`` on a CPU. ``now`` (``time.perf_counter``)
+    also times the measuring loop; tests pass a fake one, so that what they check is the
+    arithmetic and the sampling, never the speed of the machine."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, now: Now = time.perf_counter) -> None:
         self.device = device
+        self.now = now
         self.cuda = device.type == "cuda"
-        self.kind = "cuda events" if self.cuda else "time.perf_counter"
+        host = "time.perf_counter" if now is time.perf_counter else f"injected clock {getattr(now, '__name__', now)!r}"
+        self.kind = "cuda events" if self.cuda else host
 
     def sync(self) -> None:
         if self.cuda:
@@ -120,7 +127,7 @@ class Clock:
             event = torch.cuda.Event(enable_timing=True)
             event.record(torch.cuda.current_stream(self.device))
             return event
-        return time.perf_counter()
+        return self.now()
 
     def seconds(self, start: Any, end: Any) -> float:
         """Seconds between two marks (synchronizes first on a GPU)."""
@@ -291,17 +298,17 @@ def repeat_until(
     max_iterations: int | None = None,
 ) -> float:
     """``call(i)`` for i = 0, 1, ... until at least ``min_iterations`` calls and
-    ``min_seconds`` seconds (wall clock) have passed, never more than ``max_iterations``.
-    Returns the wall seconds of the loop, after the device has finished."""
+    ``min_seconds`` seconds (wall clock, ``clock.now``) have passed, never more than
+    ``max_iterations``. Returns the wall seconds of the loop, after the device has finished."""
     done = 0
-    began = time.perf_counter()
+    began = clock.now()
     while max_iterations is None or done < max_iterations:
-        if done >= min_iterations and time.perf_counter() - began >= min_seconds:
+        if done >= min_iterations and clock.now() - began >= min_seconds:
             break
         call(done)
         done += 1
     clock.sync()
-    return time.perf_counter() - began
+    return clock.now() - began
 
 
 def generation_loop(
@@ -385,12 +392,15 @@ class Latency(Metric):
     )
     Params = LatencyParams
 
+    def __init__(self, now: Now = time.perf_counter) -> None:
+        self.now = now  # the host clock; tests inject a fake one
+
     def measure(self, model, params: LatencyParams, ctx):
         setup = prepare_generation(
             model, ctx, prompt_tokens=params.prompt_tokens, new_tokens=params.new_tokens,
             batch_size=params.batch_size, dataset=params.dataset, split=params.split,
         )
-        clock = Clock(setup.device)
+        clock = Clock(setup.device, self.now)
         min_iterations, cap = iteration_bounds(
             params.min_iterations, params.max_iterations, ctx.limit
         )
