@@ -3,15 +3,16 @@ arithmetic on a synthetic counter, and what this machine really offers."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from paqbench import nvml
+from paqbench.models.embedded import tiny_random_llama
 from paqbench.plugins.metrics import energy
 from paqbench.plugins.metrics.energy import Energy, EnergyCounter, rapl_counter
+from tests.fake_clock import FakeTime, costing
 
 TINY = dict(prompt_tokens=16, new_tokens=8, warmup=1, min_iterations=2, min_seconds=0)
 RAPL = Path("/sys/class/powercap/intel-rapl:0/energy_uj")
@@ -84,22 +85,23 @@ def test_a_counter_that_does_not_advance_is_unavailable_not_zero(
         assert "did not advance" in m.unavailable
 
 
-def test_joules_per_token_and_watts_from_a_synthetic_counter(tiny_llama, make_context, monkeypatch):
-    watts = 10.0
+def test_joules_per_token_and_watts_from_a_synthetic_counter(make_context, monkeypatch):
+    watts, now = 10.0, FakeTime()
+    model = costing(tiny_random_llama(seed=0), now, 0.25, step_s=0.125)  # 0.25 + 7 x 0.125 s per call
 
-    def read() -> list[int]:  # a 10 W device: microjoules since an arbitrary origin
-        return [int(time.perf_counter() * watts * 1e6)]
+    def read() -> list[int]:  # a 10 W device on the same (fake) clock: microjoules since time 0
+        return [round(now() * watts * 1e6)]
 
     counter = EnergyCounter("synthetic", "test", read, lambda b, a: (a[0] - b[0]) / 1e6)
     monkeypatch.setattr(energy, "energy_counter", lambda device: counter)
-    params = Energy.Params(**{**TINY, "batch_size": 2, "min_seconds": 0.2})
-    measurements = {m.name: m for m in Energy().measure(tiny_llama, params, make_context())}
+    params = Energy.Params(**{**TINY, "batch_size": 2, "min_iterations": 1, "min_seconds": 2.0})
+    measurements = {m.name: m for m in Energy(now=now).measure(model, params, make_context())}
     per_token, power = measurements["joules_per_token"], measurements["average_watts"]
     details = per_token.details
-    assert details["generated_tokens"] == details["iterations"] * 2 * 8
-    assert per_token.value * details["generated_tokens"] == pytest.approx(details["window_joules"])
-    assert power.value == pytest.approx(watts, rel=0.02)
-    assert details["window_joules"] == pytest.approx(watts * details["window_s"], rel=0.02)
+    assert details["iterations"] == 2 and details["window_s"] == 2.25  # 1.125 s < 2 s, so a second call
+    assert details["generated_tokens"] == 2 * 2 * 8
+    assert details["window_joules"] == pytest.approx(22.5)
+    assert per_token.value == pytest.approx(22.5 / 32) and power.value == pytest.approx(watts)
     assert (per_token.unit, per_token.better) == ("J/token", "lower")
     assert (power.unit, power.better) == ("W", None)
 

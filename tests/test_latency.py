@@ -7,9 +7,7 @@ no outcome depends on how fast or loaded the machine is."""
 
 from __future__ import annotations
 
-import itertools
 import statistics
-from collections.abc import Iterable
 
 import pytest
 import torch
@@ -28,6 +26,7 @@ from paqbench.plugins.metrics.latency import (
     repeat_until,
     timed_generate,
 )
+from tests.fake_clock import FakeTime, costing
 
 TINY = dict(prompt_tokens=16, new_tokens=8, warmup=1, min_iterations=3, min_seconds=0)
 FAKE = dict(prompt_tokens=16, new_tokens=4, warmup=1, min_iterations=3, min_seconds=0)
@@ -37,35 +36,6 @@ def _measure(model, ctx, now=None, **params):
     """The metric's measurements by name (on the host clock ``now`` when given)."""
     metric = Latency() if now is None else Latency(now=now)
     return {m.name: m for m in metric.measure(model, Latency.Params(**params), ctx)}
-
-
-class FakeTime:
-    """A host clock that stands still unless something advances it."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def costing(model: torch.nn.Module, now: FakeTime, prefill_s: float | Iterable[float], step_s: float,
-            log: list[str] | None = None, label: str = "") -> torch.nn.Module:
-    """``model`` whose forward passes advance ``now``: each prefill (the whole prompt, one per
-    generate call) by the next of ``prefill_s`` (or always by it), each decode step by
-    ``step_s``; ``log`` gets ``label`` at each prefill. Powers of two keep the sums exact."""
-    prefills = itertools.repeat(prefill_s) if isinstance(prefill_s, float) else iter(prefill_s)
-
-    def advance(module, args, kwargs):
-        if kwargs["input_ids"].shape[1] > 1:
-            now.t += next(prefills)
-            if log is not None:
-                log.append(label)
-        else:
-            now.t += step_s
-
-    model.register_forward_pre_hook(advance, with_kwargs=True)
-    return model
 
 
 def test_tpot_excludes_the_first_token_and_rates_follow():

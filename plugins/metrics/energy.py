@@ -25,6 +25,7 @@ from paqbench import Metric, Params, Unavailable, hookimpl, nvml
 from paqbench.models.device import input_device
 from paqbench.plugins.metrics.latency import (
     Clock,
+    Now,
     eval_mode,
     generation_loop,
     iteration_bounds,
@@ -145,6 +146,9 @@ class Energy(Metric):
     )
     Params = EnergyParams
 
+    def __init__(self, now: Now = time.perf_counter) -> None:
+        self.now = now  # the host clock of the window; tests inject a fake one
+
     def measure(self, model, params: EnergyParams, ctx):
         counter = energy_counter(input_device(model))
         if isinstance(counter, str):
@@ -154,7 +158,7 @@ class Energy(Metric):
             model, ctx, prompt_tokens=params.prompt_tokens, new_tokens=params.new_tokens,
             batch_size=params.batch_size, dataset=params.dataset, split=params.split,
         )
-        clock = Clock(setup.device)
+        clock = Clock(setup.device, self.now)
         min_iterations, cap = iteration_bounds(
             params.min_iterations, params.max_iterations, ctx.limit
         )
@@ -162,10 +166,10 @@ class Energy(Metric):
             for _ in range(params.warmup):
                 timed_generate(model, setup, clock)
             clock.sync()
-            before, began = counter.read(), time.perf_counter()
+            before, began = counter.read(), clock.now()
             timings, _ = generation_loop(model, setup, clock, min_iterations=min_iterations,
                                          min_seconds=params.min_seconds, max_iterations=cap)
-            after, wall_s = counter.read(), time.perf_counter() - began
+            after, wall_s = counter.read(), clock.now() - began
 
         joules = counter.joules(before, after)
         if joules <= 0:
