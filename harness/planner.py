@@ -39,6 +39,8 @@ class RunSpec:
     sweep: dict[str, Any] = field(default_factory=dict)
     timeout: float | None = None
     search: str | None = None  # the threshold search this run is a probe of (not part of the hash)
+    export: list[str] = field(default_factory=list)  # export targets (docs/export.md)
+    export_check: dict[str, Any] | None = None
 
     @property
     def config_hash(self) -> str:
@@ -51,6 +53,8 @@ class RunSpec:
             "seed": self.seed,
             "limit": self.limit,
         }
+        if self.export:  # only then: suites without export keep their hashes
+            payload["export"] = {"targets": self.export, "check": self.export_check}
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -174,6 +178,8 @@ def build_plan(loaded: LoadedSuite, registry: Registry, overrides: Overrides | N
         "seed": suite.seed,
         "limit": overrides.limit,
         "timeout": suite.runner.timeout,
+        "export": list(suite.export),
+        "export_check": suite.export_check.model_dump(),
     }
     runs = [RunSpec(name=BASELINE, pipeline=BASELINE, steps=[], **common)]
     searches: list[SearchSpec] = []
@@ -185,6 +191,8 @@ def build_plan(loaded: LoadedSuite, registry: Registry, overrides: Overrides | N
                 continue  # an empty pipeline is the baseline, which is always there
             name = pipeline.name + (f"[{_sweep_label(sweep)}]" if sweep else "")
             spec = RunSpec(name=name, pipeline=pipeline.name, steps=steps, sweep=sweep, **common)
+            if pipeline.export is not None:
+                spec.export = list(pipeline.export)
             if search is None:
                 runs.append(spec)
             else:

@@ -116,13 +116,8 @@ _FILE_KEYS = {"max_regression", "baseline_relative", "noise_sigmas", "stderr_is_
               "strict_match", "ignore"}
 
 
-def load_thresholds_file(path: str | Path) -> dict[str, Any]:
-    """Read a thresholds YAML file into keyword arguments for :class:`CompareOptions`.
-
-    ``max_regression`` maps keys to limits; the other keys mirror the options. A file that
-    is only a mapping of keys to limits is read as ``max_regression``.
-    """
-    path = Path(path)
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """The file's YAML mapping with only known keys (a bare mapping is ``max_regression``)."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -140,30 +135,55 @@ def load_thresholds_file(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(data) - _FILE_KEYS)
     if unknown:
         raise ThresholdError(f"{path}: unknown field {unknown[0]!r} (allowed: {', '.join(sorted(_FILE_KEYS))})")
-    out: dict[str, Any] = {}
-    limits = data.get("max_regression") or {}
+    return data
+
+
+def _limits(path: Path, limits: Any) -> tuple[Threshold, ...]:
     if not isinstance(limits, dict):
         raise ThresholdError(f"{path}: max_regression: expected a mapping of metric keys to limits")
     try:
-        out["thresholds"] = tuple(parse_limit(str(k), v) for k, v in limits.items())
+        return tuple(parse_limit(str(k), v) for k, v in limits.items())
     except ThresholdError as exc:
         raise ThresholdError(f"{path}: max_regression: {exc}") from None
+
+
+def _keys(path: Path, name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ThresholdError(f"{path}: {name}: expected a list of metric keys")
+    return tuple(value)
+
+
+def _sigmas(path: Path, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ThresholdError(f"{path}: noise_sigmas: expected a non-negative number, found {value!r}")
+    return float(value)
+
+
+def _flag(path: Path, name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ThresholdError(f"{path}: {name}: expected true or false, found {value!r}")
+    return value
+
+
+def load_thresholds_file(path: str | Path) -> dict[str, Any]:
+    """Read a thresholds YAML file into keyword arguments for :class:`CompareOptions`.
+
+    ``max_regression`` maps keys to limits; the other keys mirror the options. A file that
+    is only a mapping of keys to limits is read as ``max_regression``.
+    """
+    path = Path(path)
+    data = _read_mapping(path)
+    if not data:
+        return {}
+    out: dict[str, Any] = {"thresholds": _limits(path, data.get("max_regression") or {})}
     for name in ("baseline_relative", "ignore"):
-        value = data.get(name)
-        if value is not None:
-            if isinstance(value, str):
-                value = [value]
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ThresholdError(f"{path}: {name}: expected a list of metric keys")
-            out[name] = tuple(value)
+        if data.get(name) is not None:
+            out[name] = _keys(path, name, data[name])
     if "noise_sigmas" in data:
-        value = data["noise_sigmas"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ThresholdError(f"{path}: noise_sigmas: expected a non-negative number, found {value!r}")
-        out["noise_sigmas"] = float(value)
+        out["noise_sigmas"] = _sigmas(path, data["noise_sigmas"])
     for name in ("stderr_is_noise", "fail_on_missing", "strict_match"):
         if name in data:
-            if not isinstance(data[name], bool):
-                raise ThresholdError(f"{path}: {name}: expected true or false, found {data[name]!r}")
-            out[name] = data[name]
+            out[name] = _flag(path, name, data[name])
     return out

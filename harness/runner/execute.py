@@ -157,6 +157,9 @@ def _execute(spec: RunSpec, registry: Registry, result: RunResult, scratch: Path
         record.info = info or None
     ctx.current_step = None
 
+    if spec.export:
+        _export(spec, model, ctx, result, scratch, phase)
+
     failures = []
     for metric in spec.metrics:
         cls = registry.metric(metric["name"])
@@ -185,6 +188,31 @@ def _execute(spec: RunSpec, registry: Registry, result: RunResult, scratch: Path
         _, exc = failures[0]
         result.error = _error(exc)
         result.error["message"] = "; ".join(f"metric {n} failed: {e}" for n, e in failures)
+
+
+def _export(spec: RunSpec, model: Any, ctx: RunContext, result: RunResult, scratch: Path, phase: Progress) -> None:
+    """Export after the steps and before the metrics (docs/export.md). Artifacts go under
+    the suite's output folder (the parent of its ``.scratch``); an error here is recorded
+    on the phase and the metrics still run."""
+    from paqbench.export.phase import export_phase
+
+    phase(f"export {', '.join(spec.export)}")
+    began = time.perf_counter()
+    record = PhaseRecord("export", 0.0, params={"targets": spec.export, "check": spec.export_check})
+    result.metrics.append(record)
+    root = scratch.parent
+    output = root.parent if root.name == ".scratch" else root
+    try:
+        outcome = export_phase(model, ctx, spec.export, spec.export_check, output, spec.name, spec.model_source)
+    except Exception as exc:
+        record.error = f"{type(exc).__name__}: {exc}"
+        result.measurements.append(
+            Measurement.unavailable_because("export", "*", "", f"export failed: {record.error}").to_dict()
+        )
+    else:
+        result.measurements.extend(m.to_dict() for m in outcome.measurements)
+        record.info = {"records": [r.to_dict() for r in outcome.records]}
+    record.wall_s = time.perf_counter() - began
 
 
 def _checked(measurement: Any, metric: str) -> dict[str, Any]:

@@ -110,6 +110,9 @@ class ObjectiveConfig(_Strict):
         return self
 
 
+ExportTarget = Literal["compressed-tensors", "gguf"]
+
+
 class PipelineConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
     description: str = ""
@@ -117,6 +120,20 @@ class PipelineConfig(_Strict):
     objective: ObjectiveConfig | None = Field(
         None, description="for a threshold search: the bound the searched parameter must keep"
     )
+    export: list[ExportTarget] | None = Field(
+        None, description="export targets for this pipeline's runs (docs/export.md); default: the suite's"
+    )
+
+
+class ExportCheckConfig(_Strict):
+    """The token windows on which an exported model is reloaded in its engine and compared
+    with the in-memory model (cut as the perplexity metric cuts them)."""
+
+    enabled: bool = Field(True, description="reload each artifact in its engine and compare logits")
+    dataset: str = "embedded"
+    split: str = "test"
+    seqlen: int = Field(256, gt=1)
+    windows: int = Field(2, gt=0)
 
 
 class RunnerConfig(_Strict):
@@ -137,6 +154,10 @@ class Suite(_Strict):
     reporters: list[str] = Field(default_factory=lambda: ["json", "markdown"])
     output: str | None = Field(None, description="output directory; default reports/<name>")
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    export: list[ExportTarget] = Field(
+        default_factory=list, description="write every run to these targets after its steps (docs/export.md)"
+    )
+    export_check: ExportCheckConfig = Field(default_factory=ExportCheckConfig)
 
     @field_validator("pipelines")
     @classmethod
