@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from paqbench.hookspecs import hookimpl
 from paqbench.interfaces import (
+    DataOrigin,
     Dataset,
     Measurement,
     Method,
@@ -27,6 +28,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "DataOrigin",
     "Dataset",
     "Measurement",
     "Method",

@@ -60,6 +60,8 @@ def _plan_text(plan) -> str:
         f"({plan.runs[0].model_source}); metrics: {metrics}\n"
         + tabulate(rows, headers=["#", "run", "steps", "id"])
     )
+    for line in plan.data:
+        text += f"\ndata: {line}"
     for search in plan.searches:
         o = search.objective
         bound = f"<= {o['max']:g}" if o.get("max") is not None else f">= {o['min']:g}"

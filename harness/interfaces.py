@@ -67,13 +67,36 @@ class Method(_Described, ABC):
         recording in the report (e.g. achieved sparsity)."""
 
 
+@dataclass(frozen=True)
+class DataOrigin:
+    """Where data would be read from, known without reading it, so ``paqbench validate``
+    can say what a run downloads and refuse what an offline run cannot get.
+
+    ``where`` is a local path, ``embedded``, or (``hub``) the hub dataset id; ``offline``
+    says what local copy would be read instead of the hub (for the error message).
+    """
+
+    where: str
+    hub: bool = False
+    offline: str = ""
+
+
 class Metric(_Described, ABC):
-    """Measures a model and yields :class:`Measurement` objects."""
+    """Measures a model and yields :class:`Measurement` objects.
+
+    A ``dataset`` parameter (with ``split`` and ``seqlen``) is checked at validation like
+    ``calibration.dataset``; other data a metric reads is declared by :meth:`data_origins`.
+    """
 
     @abstractmethod
     def measure(self, model: torch.nn.Module, params: Any, ctx: RunContext) -> Iterable[Measurement]:
         """Yield measurements. Raise :class:`Unavailable` (or yield unavailable
         measurements) when this environment cannot take them."""
+
+    @classmethod
+    def data_origins(cls, params: Any) -> list[tuple[str, DataOrigin]]:
+        """``(parameter, origin)`` of data read other than through a ``dataset`` parameter."""
+        return []
 
     @classmethod
     def make(
@@ -132,6 +155,10 @@ class Dataset(_Described, ABC):
     @abstractmethod
     def load(self, split: str, ctx: RunContext) -> TextCorpus:
         """Return the split's text."""
+
+    def origin(self, split: str) -> DataOrigin | None:
+        """Where ``load(split)`` would read from (without reading); None when unknown."""
+        return None
 
 
 class Reporter(_Described, ABC):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -112,6 +113,8 @@ class Plan:
     runs: list[RunSpec]
     resolved_suite: dict[str, Any]
     searches: list[SearchSpec] = field(default_factory=list)
+    #: one line per dataset the runs read, saying whether it is offline or downloaded
+    data: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -144,11 +147,11 @@ def build_plan(loaded: LoadedSuite, registry: Registry, overrides: Overrides | N
         origin = "--model" if overrides.model else None
         problems.append(_at(loaded, ("model", "source"), str(exc), origin))
 
-    from paqbench.data.resolve import check_dataset_name
+    from paqbench.data.check import dataset_problems
 
-    dataset_problem = check_dataset_name(registry, suite.calibration.dataset)
-    if dataset_problem:
-        problems.append(loaded.problem(("calibration", "dataset"), dataset_problem))
+    calibration = suite.calibration
+    for name, message in dataset_problems(registry, calibration.dataset, calibration.split, calibration.seqlen):
+        problems.append(loaded.problem(("calibration", name), message))
     for index, reporter in enumerate(suite.reporters):
         _check_name(loaded, registry, "reporters", reporter, ("reporters", index), problems)
 
@@ -161,6 +164,10 @@ def build_plan(loaded: LoadedSuite, registry: Registry, overrides: Overrides | N
         params = _validate_params(loaded, cls, metric.params, (*path, "params"), problems)
         if params is not None:
             metrics.append({"name": metric.name, "params": params})
+            if isinstance(params.get("dataset"), str):
+                for name, message in dataset_problems(registry, params["dataset"], params.get("split"),
+                                                      params.get("seqlen")):
+                    problems.append(loaded.problem(_yaml_path(loaded, (*path, "params", name)), message))
 
     pipelines = [p for p in suite.pipelines if not overrides.only or p.name in overrides.only]
     if overrides.only:
@@ -198,11 +205,62 @@ def build_plan(loaded: LoadedSuite, registry: Registry, overrides: Overrides | N
             else:
                 searches.append(SearchSpec(name=name, pipeline=pipeline.name, template=spec, **search))
 
+    data: list[str] = []
+    if not problems:
+        calibrates = any(registry.method(step["method"]).needs_calibration
+                         for spec in [*runs, *(s.template for s in searches)] for step in spec.steps)
+        data = _data_origins(loaded, registry, metrics, calibrates, problems)
     if problems:
         raise SuiteError(problems)
     resolved = suite.model_dump()
     resolved["model"] = common["model"]
-    return Plan(suite_name=suite.name, runs=runs, resolved_suite=resolved, searches=searches)
+    return Plan(suite_name=suite.name, runs=runs, resolved_suite=resolved, searches=searches, data=data)
+
+
+def _data_origins(
+    loaded: LoadedSuite, registry: Registry, metrics: list[dict[str, Any]], calibrates: bool, problems: list[Problem]
+) -> list[str]:
+    """One line per dataset the runs read: offline (where) or downloaded from the hub.
+
+    With HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, data that only the hub has (and that
+    is not in the Hugging Face cache) is a problem now, not minutes of retries later.
+    """
+    from paqbench.data.resolve import open_dataset
+    from paqbench.data.sources import DATA_DIR_ENV, hub_cached, hub_offline
+
+    needed: list[tuple[tuple[str | int, ...], str, Any]] = []
+    calibration = loaded.suite.calibration
+    if calibrates:
+        origin = open_dataset(registry, calibration.dataset).origin(calibration.split)
+        needed.append((("calibration", "dataset"), f"calibration {calibration.dataset}/{calibration.split}", origin))
+    for index, metric in enumerate(metrics):
+        params, path = metric["params"], ("metrics", index, "params")
+        if isinstance(params.get("dataset"), str):
+            origin = open_dataset(registry, params["dataset"]).origin(params.get("split") or "test")
+            label = f"metric {metric['name']} {params['dataset']}/{params.get('split')}"
+            needed.append(((*path, "dataset"), label, origin))
+        cls = registry.metric(metric["name"])
+        for field_name, origin in cls.data_origins(cls.Params.model_validate(params)):
+            needed.append(((*path, field_name), f"metric {metric['name']}", origin))
+    lines = []
+    for path, label, origin in needed:
+        if origin is None:
+            lines.append(f"{label}: read by its plugin (paqbench cannot tell whether it downloads)")
+        elif not origin.hub:
+            lines.append(f"{label}: offline, {origin.where}")
+        elif hub_cached(origin.where):
+            lines.append(f"{label}: hub dataset {origin.where}, found in the local Hugging Face cache")
+        elif hub_offline():
+            where = os.environ.get(DATA_DIR_ENV)
+            problems.append(loaded.problem(_yaml_path(loaded, path), (
+                f"{label} is not available offline: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set, hub dataset "
+                f"{origin.where} is not in the Hugging Face cache and no local copy was found "
+                f"({DATA_DIR_ENV}={where or '(not set)'}); to work offline, {origin.offline}; or unset the "
+                "offline variables to download it")))
+        else:
+            lines.append(f"{label}: downloads hub dataset {origin.where} on first use "
+                         f"(to work offline, {origin.offline})")
+    return lines
 
 
 def _at(loaded: LoadedSuite, path: tuple[str | int, ...], message: str, origin: str | None = None) -> Problem:

@@ -278,11 +278,7 @@ def load_race(
     """
     if source == "embedded":
         return load_embedded(subset, split)
-    if data_dir is None and source in ("auto", "local"):
-        env = os.environ.get("PAQBENCH_DATA_DIR")
-        candidate = Path(env).expanduser() / "race" if env else None
-        if candidate is not None and candidate.is_dir():
-            data_dir = candidate
+    data_dir = local_dir(source, data_dir)
     if source == "local" or (source == "auto" and data_dir is not None):
         if data_dir is None:
             raise RaceDataUnavailable(
@@ -290,6 +286,18 @@ def load_race(
             )
         return load_local(data_dir, subset, split)
     return load_hub(subset, split, hub_dataset)
+
+
+def local_dir(source: Source, data_dir: str | Path | None) -> str | Path | None:
+    """The local directory ``load_race`` reads for ``source`` (None: the hub or the embedded sample)."""
+    if source not in ("auto", "local"):
+        return None
+    if data_dir is None:
+        env = os.environ.get("PAQBENCH_DATA_DIR")
+        candidate = Path(env).expanduser() / "race" if env else None
+        if candidate is not None and candidate.is_dir():
+            return candidate
+    return data_dir
 
 
 # ------------------------------------------------------------------------------ scoring

@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-from paqbench import Dataset, TextCorpus, hookimpl
+from paqbench import DataOrigin, Dataset, TextCorpus, hookimpl
 from paqbench.data.sources import (
     DataUnavailable,
     hub_column,
@@ -28,21 +28,37 @@ def _check_split(dataset: type[Dataset], split: str) -> None:
         )
 
 
+def _origin(hub_id: str, local_names: tuple[str, ...]) -> DataOrigin:
+    """The local copy under PAQBENCH_DATA_DIR when there is one, else the hub."""
+    local = local_file(*local_names)
+    if local is not None:
+        return DataOrigin(str(local))
+    return DataOrigin(hub_id, hub=True, offline=f"set PAQBENCH_DATA_DIR to a directory with {' or '.join(local_names)}")
+
+
 class WikiText2(Dataset):
     name = "wikitext2"
     description = "WikiText-2 raw (Salesforce/wikitext, wikitext-2-raw-v1); rows joined with '\\n\\n'."
     splits = ("train", "validation", "test")
 
+    hub_id = "Salesforce/wikitext"
+
+    def _local_names(self, split: str) -> tuple[str, ...]:
+        raw_name = {"validation": "valid"}.get(split, split)
+        return f"wikitext-2-raw/{split}.hf_rows.json", f"wikitext-2-raw/wiki.{raw_name}.raw"
+
+    def origin(self, split):
+        return _origin(self.hub_id, self._local_names(split))
+
     def load(self, split, ctx):
         _check_split(type(self), split)
-        raw_name = {"validation": "valid"}.get(split, split)
-        local = local_file(f"wikitext-2-raw/{split}.hf_rows.json", f"wikitext-2-raw/wiki.{raw_name}.raw")
+        local = local_file(*self._local_names(split))
         if local is not None and local.suffix == ".json":
             rows, origin = read_json_rows(local), str(local)
         elif local is not None:
             rows, origin = wikitext_rows_from_raw(local), str(local)
         else:
-            rows = hub_column("Salesforce/wikitext", "wikitext-2-raw-v1", split, "text")
+            rows = hub_column(self.hub_id, "wikitext-2-raw-v1", split, "text")
             origin = "hub:Salesforce/wikitext/wikitext-2-raw-v1"
         return TextCorpus(self.name, split, "\n\n".join(rows), origin)
 
@@ -52,15 +68,23 @@ class PennTreebank(Dataset):
     description = "Penn Treebank (Mikolov's text, ptb_text_only); sentences joined with ' ' as in SparseGPT."
     splits = ("train", "validation", "test")
 
+    hub_id = "ptb-text-only/ptb_text_only"
+
+    def _local_names(self, split: str) -> tuple[str, ...]:
+        raw_name = {"validation": "valid"}.get(split, split)
+        return (f"ptb/ptb.{raw_name}.txt",)
+
+    def origin(self, split):
+        return _origin(self.hub_id, self._local_names(split))
+
     def load(self, split, ctx):
         _check_split(type(self), split)
-        raw_name = {"validation": "valid"}.get(split, split)
-        local = local_file(f"ptb/ptb.{raw_name}.txt")
+        local = local_file(*self._local_names(split))
         if local is not None:
             sentences = [line.strip() for line in local.read_text(encoding="utf-8").splitlines()]
             origin = str(local)
         else:
-            sentences = hub_column("ptb-text-only/ptb_text_only", "penn_treebank", split, "sentence")
+            sentences = hub_column(self.hub_id, "penn_treebank", split, "sentence")
             origin = "hub:ptb-text-only/ptb_text_only"
         return TextCorpus(self.name, split, " ".join(sentences), origin)
 
@@ -77,14 +101,22 @@ class C4(Dataset):
         "validation": "en/c4-validation.00000-of-00008.json.gz",
     }
 
+    hub_id = "allenai/c4"
+
+    def _local_names(self, split: str) -> tuple[str, ...]:
+        return f"c4/c4_{split}_2k.jsonl", f"c4/c4_{split}.jsonl"
+
+    def origin(self, split):
+        return _origin(self.hub_id, self._local_names(split))
+
     def load(self, split, ctx):
         _check_split(type(self), split)
-        local = local_file(f"c4/c4_{split}_2k.jsonl", f"c4/c4_{split}.jsonl")
+        local = local_file(*self._local_names(split))
         if local is not None:
             documents, origin = read_jsonl_texts(local), str(local)
         else:
             documents = hub_column(
-                "allenai/c4", None, split, "text", data_files={split: self._hub_files[split]}
+                self.hub_id, None, split, "text", data_files={split: self._hub_files[split]}
             )
             origin = f"hub:allenai/c4/{self._hub_files[split]}"
         return TextCorpus(self.name, split, " ".join(documents[:1100]), origin, documents=documents)
@@ -97,6 +129,9 @@ class EmbeddedProse(Dataset):
         "calibration, test: evaluation). Needs no download."
     )
     splits = ("train", "test")
+
+    def origin(self, split):
+        return DataOrigin("embedded")
 
     def load(self, split, ctx):
         _check_split(type(self), split)
@@ -114,9 +149,17 @@ class TextFile(Dataset):
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path else None
 
+    def origin(self, split):
+        return DataOrigin(str(self.path)) if self.path else None
+
     def load(self, split, ctx):
         if self.path is None:
             raise DataUnavailable("text-file needs a path: write the file's path as the dataset name")
+        from paqbench.data.check import text_file_problem
+
+        problem = text_file_problem(self.path)
+        if problem:
+            raise DataUnavailable(problem)
         return TextCorpus(str(self.path), split, self.path.read_text(encoding="utf-8"), str(self.path))
 
 

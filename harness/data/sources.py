@@ -36,6 +36,29 @@ def local_file(*relative: str) -> Path | None:
     return None
 
 
+def hub_offline() -> bool:
+    """Whether the Hugging Face libraries are told not to use the network."""
+    return any(os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+               for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def hub_cached(repo_id: str) -> bool:
+    """Whether hub dataset ``repo_id`` has anything in the local Hugging Face caches
+    (offline mode reads it from there). A folder is evidence, not proof of the split."""
+    try:
+        from huggingface_hub import constants
+
+        hub_cache = Path(constants.HF_HUB_CACHE)
+    except ImportError:  # pragma: no cover - datasets depends on huggingface_hub
+        hub_cache = Path.home() / ".cache" / "huggingface" / "hub"
+    if (hub_cache / ("datasets--" + repo_id.replace("/", "--"))).is_dir():
+        return True
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
+    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE", hf_home / "datasets")).expanduser()
+    prefix = repo_id.replace("/", "___")
+    return datasets_cache.is_dir() and any(p.name.startswith(prefix) for p in datasets_cache.iterdir())
+
+
 def hub_column(path: str, name: str | None, split: str, column: str, **kwargs: Any) -> list[str]:
     """One text column of a hub dataset split, through ``datasets.load_dataset``."""
     try:

@@ -44,6 +44,17 @@ class ModelConfig(_Strict):
     def _from_string(cls, value: Any) -> Any:
         return {"source": value} if isinstance(value, str) else value
 
+    @field_validator("options")
+    @classmethod
+    def _no_code_switch_in_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        # Running a model's own Python must be asked for in exactly one visible place.
+        if "trust_remote_code" in options:
+            raise ValueError(
+                "model.options.trust_remote_code is not allowed: only model.trust_remote_code decides "
+                "whether a model's own Python code runs; remove it from options and set model.trust_remote_code"
+            )
+        return options
+
 
 class CalibrationConfig(_Strict):
     """Calibration data, drawn as in the GPTQ / SparseGPT / Wanda papers."""

@@ -8,6 +8,10 @@ import yaml
 
 LineMap = dict[tuple[str | int, ...], int]
 
+#: Most nodes a suite may expand to once aliases are followed. Real suites have hundreds;
+#: a "billion laughs" document has billions and would exhaust memory while expanding.
+MAX_EXPANDED_NODES = 100_000
+
 
 def load_with_lines(text: str) -> tuple[Any, LineMap]:
     """Parse ``text``; return the data and a map from field path to its 1-based line.
@@ -19,7 +23,44 @@ def load_with_lines(text: str) -> tuple[Any, LineMap]:
     lines: LineMap = {}
     if node is None:
         return None, lines
+    _check_expanded_size(node)
     return _Builder(lines).build(node, ()), lines
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand past :data:`MAX_EXPANDED_NODES`, or refer to themselves.
+
+    Composing keeps an alias as a second reference to one node, so counting with a memo
+    is linear in the file's size; only building Python objects would expand it.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise yaml.constructor.ConstructorError(
+                None, None, "an alias refers to the node that contains it (a recursive document)", node.start_mark)
+        open_nodes.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_EXPANDED_NODES:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"its aliases expand to more than {MAX_EXPANDED_NODES:,} values "
+                    "(an alias bomb?); refusing to expand it", child.start_mark)
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root)
 
 
 class _Builder:

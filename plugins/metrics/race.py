@@ -11,12 +11,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from paqbench import Metric, Params, Unavailable, hookimpl
+from paqbench import DataOrigin, Metric, Params, Unavailable, hookimpl
 from paqbench.race import (
     HUB_DATASET,
     RaceDataUnavailable,
     fingerprint,
     load_race,
+    local_dir,
     mean_and_stderr,
     score_documents,
 )
@@ -67,6 +68,20 @@ class Race(Metric):
         "(RACE-H test: 1,045 articles, about 4,200 sequences of ~400-700 tokens)."
     )
     Params = RaceParams
+
+    @classmethod
+    def data_origins(cls, params: RaceParams) -> list[tuple[str, DataOrigin]]:
+        if params.source == "embedded":
+            return [("source", DataOrigin("embedded"))]
+        directory = local_dir(params.source, params.data_dir)
+        if directory is not None:
+            return [("data_dir", DataOrigin(str(directory)))]
+        if params.source == "local":
+            return []  # load_race names what is missing
+        return [("source", DataOrigin(
+            params.hub_dataset, hub=True,
+            offline="set data_dir (or PAQBENCH_DATA_DIR with a race/ folder) to RACE in the hub's parquet "
+            "layout or the original release, or use source: embedded (a different, much smaller sample)"))]
 
     def measure(self, model, params: RaceParams, ctx):
         try:
