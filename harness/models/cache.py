@@ -10,11 +10,13 @@ modification time and by the transformers version that dequantized it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -77,11 +79,29 @@ def float_copy_of(gguf_path: Path) -> Path | None:
     return target
 
 
+@contextlib.contextmanager
+def _tqdm_silenced() -> Iterator[None]:
+    """tqdm (>= 4.66) reads its defaults from TQDM_* variables; off unless paqbench's bars are on."""
+    from paqbench.context import progress_enabled
+
+    if progress_enabled() or "TQDM_DISABLE" in os.environ:
+        yield
+        return
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        del os.environ["TQDM_DISABLE"]
+
+
 def _write_float_copy(gguf_path: Path, directory: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    with _tqdm_silenced():  # the GGUF conversion draws a tqdm bar of its own, outside transformers' switch
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        )
     forget_gguf_quantizer(model)
     model.save_pretrained(directory, safe_serialization=True)
     AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name).save_pretrained(directory)
