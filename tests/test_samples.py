@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from pydantic import ValidationError
 
 from paqbench.plugins.metrics.samples import DEFAULT_PROMPTS, Samples, SamplesParams, encode
-from paqbench.plugins.reporters.markdown import generation_samples, md_text
+from paqbench.plugins.reporters.markdown import fenced, generation_samples, md_text
 
 
 def _measure(model, ctx, **params):
@@ -75,35 +73,36 @@ def _run(name, pipeline, texts, status="ok"):
     return {"name": name, "pipeline": pipeline, "status": status, "measurements": measurements}
 
 
-def _unescaped_pipes(line):
-    return len(re.findall(r"(?<!\\)\|", line))
-
-
-def test_markdown_section_shows_each_prompt_with_baseline_first_and_escapes():
+def test_markdown_section_shows_each_prompt_verbatim_with_baseline_first():
     runs = [
         _run("baseline", "baseline", {"Say | hi": "a | b\nsecond line <script>*x*", "Q2": "ok"}),
-        _run("m[sparsity=0.5]", "m", {"Say | hi": "|||\r\n`code` [link](u) _e_ # h", "Q2": ""}),
+        _run("m[sparsity=0.5]", "m", {"Say | hi": "|||\r\n```code``` [link](u) _e_ # h", "Q2": ""}),
         _run("broken", "broken", None, status="failed"),
     ]
     lines = generation_samples(runs)
     text = "\n".join(lines)
     assert lines[0] == "## Generation samples"
-    assert "**Prompt 1:** Say \\| hi" in text and "**Prompt 2:** Q2" in text
-    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| run")]
-    assert [r.split(" | ")[0] for r in rows] == ["| baseline", "| m\\[sparsity=0.5\\]", "| broken"] * 2
-    assert all(_unescaped_pipes(r) == 3 for r in rows)  # one cell boundary per column, no more
-    assert rows[0] == "| baseline | a \\| b<br>second line &lt;script&gt;\\*x\\* |"
-    assert rows[1] == "| m\\[sparsity=0.5\\] | \\|\\|\\|<br>\\`code\\` \\[link\\](u) \\_e\\_ \\# h |"
-    assert rows[2] == "| broken | *run failed* |"
-    assert rows[4] == "| m\\[sparsity=0.5\\] | *(empty)* |"
-    assert "\n\n| run | continuation |" in text
+    assert "### Prompt 1\n\n```text\nSay | hi\n```" in text and "### Prompt 2\n\n```text\nQ2\n```" in text
+    names = [line for line in lines if line.startswith("**")]
+    assert names == ["**baseline**", "**m[sparsity=0.5]**", "**broken**: *run failed*"] * 2
+    # model output is verbatim inside its fence: no <br>, no &nbsp;, no Markdown escapes
+    assert "**baseline**\n\n```text\na | b\nsecond line <script>*x*\n```" in text
+    # a fence longer than any run of backticks in the text, so ``` inside cannot close it
+    assert "\n````text\n|||\n```code``` [link](u) _e_ # h\n````" in text
+    assert "**m[sparsity=0.5]**\n\n```text\n(empty)\n```" in text
+    assert "<br>" not in text and "&nbsp;" not in text
+
+
+def test_fenced_shows_control_characters_and_keeps_lines():
+    assert fenced("a\x0fb\tc\rd") == ["```text", "a\\x0fb\tc", "d", "```"]
+    assert fenced("x\n\ny", "") == ["```", "x", "", "y", "```"]
 
 
 def test_md_text_shows_control_characters_and_keeps_one_line():
     assert md_text("a\x0fb\tc\rd") == "a\\x0fb c<br>d"
     assert md_text("back\\slash") == "back\\\\slash"
     assert "\n" not in md_text("x\n\ny")
-    assert md_text("a   b") == "a &nbsp;&nbsp;b"  # degenerate runs of spaces stay visible
+    assert md_text("a   b") == "a &nbsp;&nbsp;b"  # degenerate runs of spaces stay visible in a table cell
 
 
 def test_no_section_without_samples():
@@ -130,7 +129,7 @@ def test_suite_with_samples_and_plots_end_to_end(tmp_path):
     for name in report.suite["reporters"]:
         registry.reporter(name)().write(report, out)
     md = (out / "report.md").read_text()
-    assert "## Generation samples" in md and md.count("| magnitude\\[sparsity=0.5\\] |") == len(DEFAULT_PROMPTS)
+    assert "## Generation samples" in md and md.count("**magnitude[sparsity=0.5]**") == len(DEFAULT_PROMPTS)
     assert "](plot_tradeoffs.png)" in md and "](plot_sweeps.png)" in md
     assert (out / "plot_sweeps.png").read_bytes()[:4] == b"\x89PNG"
 

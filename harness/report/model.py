@@ -55,6 +55,7 @@ def _run_entry(result: RunResult) -> dict[str, Any]:
         "load": result.load.__dict__ if result.load else None,
         "steps": [s.__dict__ for s in result.steps],
         "planned_steps": spec.get("steps"),  # what was asked, also when a step failed part-way
+        "model": spec.get("model"),  # the resolved model config this run used (--model/--device applied)
         "search": spec.get("search"),
         "metrics": [m.__dict__ for m in result.metrics],
         "measurements": result.measurements,

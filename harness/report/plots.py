@@ -13,6 +13,7 @@ fingerprint), so the markdown reporter links exactly these, in either reporter o
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from paqbench.fsio import write_bytes_atomic, write_text_atomic
 from paqbench.report.selection import (
     Axis,
     Point,
@@ -27,8 +29,8 @@ from paqbench.report.selection import (
     Sweep,
     collect,
     detect_sweeps,
+    front_of,
     log_scale,
-    pareto_front,
     select,
     stderr_of,
     value_or_reason,
@@ -248,7 +250,9 @@ def _finish(fig, path: Path, skipped: Sequence[str], dpi: int, legend_handles: l
         fig.text(0.01, 0.01, note, fontsize=7, color="0.3", ha="left", va="bottom")
     for args, kwargs in labels:
         _place_labels(*args, **kwargs)
-    fig.savefig(path, dpi=dpi)  # the figure was made at this dpi: labels placed in pixels stay put
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)  # the figure was made at this dpi: labels placed in pixels stay put
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _run_handles(points_by_run: Mapping[str, Point], colors: Mapping[str, Any]) -> list:
@@ -265,78 +269,108 @@ def _run_handles(points_by_run: Mapping[str, Point], colors: Mapping[str, Any]) 
 # -- the figures ----------------------------------------------------------------------------
 
 
+def _tradeoff_panels(runs, selection: Selection) -> tuple[list[tuple[str, Axis, list[Point]]], list[str]]:
+    """(role, x axis, points) for each measured role, and the runs left out: a note naming
+    the panels it applies to unless it applies to all."""
+    panels = []
+    missing_in: dict[str, list[str]] = {}  # note -> the panels it applies to
+    for role, axis in selection.roles.items():
+        points, missing = collect(runs, axis, selection.quality)
+        if points:
+            panels.append((role, axis, points))
+            for note in missing:
+                missing_in.setdefault(note, []).append(role)
+    skipped = [note if len(roles) == len(panels) else f"{note} [{', '.join(roles)}]"
+               for note, roles in missing_in.items()]
+    return panels, skipped
+
+
+def _draw_front(ax, shown: Sequence[Point], front: Sequence[int]) -> None:
+    """The Pareto front: a dashed line through its points, each ringed."""
+    if len(front) > 1:
+        ax.plot([shown[i].x for i in front], [shown[i].y for i in front], "--", color="0.45", lw=1.2, zorder=2)
+    for i in front:
+        ax.scatter([shown[i].x], [shown[i].y], s=190, facecolors="none", edgecolors="0.45", lw=1.0, zorder=3)
+
+
+def _style_panel(ax, axis: Axis, quality: Axis, xunit: str, yunit: str, shown: Sequence[Point],
+                 use_log: bool, no_front: bool) -> None:
+    """Scale, labels, margins; one x value for all runs is centred and said."""
+    if use_log:
+        _log_axis(ax)
+    else:
+        ax.grid(True, alpha=0.3)
+    ax.set_xlabel(_label(axis, xunit), fontsize=9)
+    ax.set_ylabel(_label(quality, yunit), fontsize=9)
+    ax.tick_params(labelsize=8)
+    single = len({p.x for p in shown}) == 1
+    ax.margins(x=0.0 if single else 0.25, y=0.12)
+    if single:  # every run the same: show it, centred
+        x0 = shown[0].x
+        ax.set_xlim(x0 - (abs(x0) * 0.1 or 1), x0 + (abs(x0) * 0.1 or 1))
+        ax.text(0.02, 0.02, "all runs equal on this axis", transform=ax.transAxes, fontsize=7, color="0.4")
+    elif no_front:
+        ax.text(0.02, 0.02, "all runs within noise of the baseline: no front", transform=ax.transAxes,
+                fontsize=7, color="0.4")
+
+
+def _tradeoff_panel(ax, axis: Axis, quality: Axis, points: Sequence[Point], colors, use_log: bool) -> tuple:
+    """One subplot of the trade-off figure; returns its label-placement arguments."""
+    sx, xunit = _unit_scale(axis, [p.x for p in points])
+    sy, yunit = _unit_scale(quality, [p.y for p in points])
+    shown = _scaled(points, sx, sy)
+    front = front_of(points, axis.better, quality.better)
+    _draw_front(ax, shown, front)
+    _errorbars(ax, shown)
+    _scatter(ax, shown, colors)
+    noisy = any(p.xband or p.yband for p in points)
+    _style_panel(ax, axis, quality, xunit, yunit, shown, use_log, noisy and not front and axis.better is not None)
+    return (ax, shown, [p.run for p in shown], colors), {}
+
+
+def _tradeoff_caption(quality: Axis, panels, use_log: bool) -> str:
+    directions = f"{quality.key} {quality.better or 'informational'} is better"
+    return (f"{quality.key} against " + ", ".join(a.key for _, a, _ in panels)
+            + f"; one point per run, the baseline starred, the Pareto front dashed ({directions}"
+            + ("; log scale" if use_log else "")
+            + ("; bars: ±1 standard error" if any(p.yerr for _, _, pts in panels for p in pts) else "")
+            + "). Timings within each other's p10–p90 noise band are not ranked; a panel where every run is "
+              "within noise of the baseline has no front.")
+
+
 def tradeoff_figure(runs, selection: Selection, path: Path, title: str, dpi: int) -> FigureInfo | None:
     """Quality against each of storage, nonzero parameters, memory and latency (those
-    measured), one point per run, baseline starred, Pareto front dashed."""
+    measured), one point per run, baseline starred, Pareto front dashed (never through
+    points that differ only within noise)."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
     quality = selection.quality
     if quality is None or not selection.roles:
         return None
-    panels = []
-    missing_in: dict[str, list[str]] = {}  # note -> the panels it applies to
-    for role, axis in selection.roles.items():
-        points, missing = collect(runs, axis, quality)
-        if points:
-            panels.append((role, axis, points))
-            for note in missing:
-                missing_in.setdefault(note, []).append(role)
+    panels, skipped = _tradeoff_panels(runs, selection)
     if not panels:
         return None
-    skipped = [note if len(roles) == len(panels) else f"{note} [{', '.join(roles)}]"
-               for note, roles in missing_in.items()]
     colors = _colors(runs)
     ncols = 2 if len(panels) == 4 else len(panels)
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.0 * nrows), squeeze=False,
-                             dpi=dpi)
-    seen: dict[str, Point] = {}
-    labels: list[tuple] = []
-    all_y = [p.y for _, _, pts in panels for p in pts]
-    use_log = quality.metric == "perplexity" and log_scale(all_y)
-    for ax, (_role, axis, points) in zip(axes.flat, panels, strict=False):
-        sx, xunit = _unit_scale(axis, [p.x for p in points])
-        sy, yunit = _unit_scale(quality, [p.y for p in points])
-        shown = _scaled(points, sx, sy)
-        front = pareto_front([(p.x, p.y) for p in shown], axis.better, quality.better)
-        if len(front) > 1:
-            ax.plot([shown[i].x for i in front], [shown[i].y for i in front], "--", color="0.45", lw=1.2,
-                    zorder=2)
-        for i in front:
-            ax.scatter([shown[i].x], [shown[i].y], s=190, facecolors="none", edgecolors="0.45", lw=1.0, zorder=3)
-        _errorbars(ax, shown)
-        _scatter(ax, shown, colors)
-        if use_log:
-            _log_axis(ax)
-        else:
-            ax.grid(True, alpha=0.3)
-        ax.set_xlabel(_label(axis, xunit), fontsize=9)
-        ax.set_ylabel(_label(quality, yunit), fontsize=9)
-        ax.tick_params(labelsize=8)
-        ax.margins(x=0.25 if len({p.x for p in shown}) > 1 else 0.0, y=0.12)
-        if len({p.x for p in shown}) == 1:  # every run the same: show it, centred
-            x0 = shown[0].x
-            ax.set_xlim(x0 - (abs(x0) * 0.1 or 1), x0 + (abs(x0) * 0.1 or 1))
-            ax.text(0.02, 0.02, "all runs equal on this axis", transform=ax.transAxes, fontsize=7, color="0.4")
-        labels.append(((ax, shown, [p.run for p in shown], colors), {}))
-        for p in points:
-            seen.setdefault(p.run, p)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.0 * nrows), squeeze=False, dpi=dpi)
+    use_log = quality.metric == "perplexity" and log_scale([p.y for _, _, pts in panels for p in pts])
+    labels = [_tradeoff_panel(ax, axis, quality, points, colors, use_log)
+              for ax, (_role, axis, points) in zip(axes.flat, panels, strict=False)]
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=11)
+    seen: dict[str, Point] = {}
+    for _, _, points in panels:
+        for p in points:
+            seen.setdefault(p.run, p)
     handles = _run_handles({r["name"]: seen[r["name"]] for r in runs if r["name"] in seen}, colors)
     handles.append(Line2D([], [], linestyle="--", color="0.45", marker="o", markerfacecolor="none",
                           markersize=9, label="Pareto front"))
     _finish(fig, path, skipped, dpi, handles, labels=labels)
     plt.close(fig)
-    directions = f"{quality.key} {quality.better or 'informational'} is better"
-    return FigureInfo(path.name, title,
-                      f"{quality.key} against " + ", ".join(a.key for _, a, _ in panels)
-                      + f"; one point per run, the baseline starred, the Pareto front dashed ({directions}"
-                      + ("; log scale" if use_log else "")
-                      + ("; bars: ±1 standard error" if any(p.yerr for _, _, pts in panels for p in pts) else "")
-                      + ").", list(dict.fromkeys(skipped)))
+    return FigureInfo(path.name, title, _tradeoff_caption(quality, panels, use_log), list(dict.fromkeys(skipped)))
 
 
 def bubble_figure(runs, selection: Selection, path: Path, title: str, dpi: int) -> FigureInfo | None:
@@ -392,11 +426,76 @@ def bubble_figure(runs, selection: Selection, path: Path, title: str, dpi: int) 
                       + (" (log y)" if use_log else "") + ".", list(dict.fromkeys(skipped)))
 
 
+@dataclass
+class _SweepPanel:
+    """What one subplot of the sweep figure collected while drawing."""
+
+    values_y: list[float] = field(default_factory=list)
+    categories: list[str] = field(default_factory=list)
+
+
+def _sweep_points(sweep: Sweep, metric: Axis, by_name: Mapping[str, Any], panel: _SweepPanel,
+                  skipped: list[str]) -> tuple[list, list[float], list[float | None]]:
+    """x (the parameter, or its category index), y and stderr of a sweep's runs with a value."""
+    xs, ys, errs = [], [], []
+    for name, value in zip(sweep.runs, sweep.values, strict=True):
+        y, reason = value_or_reason(by_name[name], metric.key)
+        if reason:
+            skipped.append(f"{name}: {reason}")
+            continue
+        if sweep.numeric:
+            xs.append(value)
+        else:
+            if str(value) not in panel.categories:
+                panel.categories.append(str(value))
+            xs.append(panel.categories.index(str(value)))
+        ys.append(y)
+        errs.append(stderr_of(by_name[name], metric.key))
+    return xs, ys, errs
+
+
+def _sweep_line(ax, sweep: Sweep, metric: Axis, by_name, panel: _SweepPanel, color, skipped: list[str]) -> bool:
+    """One sweep as a line with its error bars; False when none of its runs has a value."""
+    xs, ys, errs = _sweep_points(sweep, metric, by_name, panel, skipped)
+    if not xs:
+        return False
+    scale, _ = _unit_scale(metric, ys)
+    ys = [v / scale for v in ys]
+    panel.values_y += ys
+    ax.plot(xs, ys, "-o", color=color, lw=1.6, ms=5, zorder=3)
+    if any(errs):
+        ax.errorbar(xs, ys, yerr=[(e or 0) / scale for e in errs], fmt="none", ecolor=color, alpha=0.5,
+                    elinewidth=0.9, capsize=3, zorder=2)
+    return True
+
+
+def _sweep_axes_style(ax, metric: Axis, parameter: str, panel: _SweepPanel, baseline, handles: dict) -> None:
+    """The baseline's dotted line, the scale, ticks and labels of one sweep subplot."""
+    from matplotlib.lines import Line2D
+
+    scale, unit = _unit_scale(metric, panel.values_y or [1.0])
+    base = value_or_reason(baseline, metric.key)[0] if baseline is not None else None
+    if base is not None:
+        ax.axhline(base / scale, color=BASELINE_COLOR, ls=":", lw=1.2, zorder=2)
+        panel.values_y.append(base / scale)
+        handles.setdefault("baseline", Line2D([], [], color=BASELINE_COLOR, ls=":", label="baseline"))
+    if metric.metric == "perplexity" and panel.values_y and log_scale(panel.values_y):
+        _log_axis(ax)
+    else:
+        ax.grid(True, alpha=0.3)
+    if panel.categories:
+        ax.set_xticks(range(len(panel.categories)), panel.categories, rotation=20)
+    ax.set_xlabel(parameter, fontsize=9)
+    ax.set_ylabel(_label(metric, unit), fontsize=9)
+    ax.tick_params(labelsize=8)
+
+
 def sweep_figure(runs, selection: Selection, sweeps: Sequence[Sweep], path: Path, title: str,
                  dpi: int) -> FigureInfo | None:
     """Each sweep as a line of quality over the swept parameter (one column per parameter,
     one row per quality measurement), the baseline as a horizontal reference."""
     import matplotlib.pyplot as plt
+    from matplotlib import colormaps
     from matplotlib.lines import Line2D
 
     metrics = [a for a in (selection.quality, selection.secondary) if a is not None]
@@ -407,60 +506,18 @@ def sweep_figure(runs, selection: Selection, sweeps: Sequence[Sweep], path: Path
     baseline = next((r for r in runs if r.get("pipeline") == "baseline"), None)
     fig, axes = plt.subplots(len(metrics), len(parameters), figsize=(5.2 * len(parameters), 3.6 * len(metrics)),
                              squeeze=False, dpi=dpi)
-    from matplotlib import colormaps
-
     palette = colormaps["tab10"]
     line_colors = {label: palette(i % 10) for i, label in enumerate(dict.fromkeys(s.label for s in sweeps))}
     skipped: list[str] = []
     handles: dict[str, Any] = {}
     for row, metric in enumerate(metrics):
         for col, parameter in enumerate(parameters):
-            ax = axes[row][col]
-            values_y: list[float] = []
-            categories: list[str] = []
+            ax, panel = axes[row][col], _SweepPanel()
             for sweep in (s for s in sweeps if s.parameter == parameter):
-                xs, ys, errs = [], [], []
-                for name, value in zip(sweep.runs, sweep.values, strict=True):
-                    y, reason = value_or_reason(by_name[name], metric.key)
-                    if reason:
-                        skipped.append(f"{name}: {reason}")
-                        continue
-                    if sweep.numeric:
-                        xs.append(value)
-                    else:
-                        text = str(value)
-                        if text not in categories:
-                            categories.append(text)
-                        xs.append(categories.index(text))
-                    ys.append(y)
-                    errs.append(stderr_of(by_name[name], metric.key))
-                if not xs:
-                    continue
-                scale, unit = _unit_scale(metric, ys)
-                ys = [v / scale for v in ys]
-                values_y += ys
                 color = line_colors[sweep.label]
-                ax.plot(xs, ys, "-o", color=color, lw=1.6, ms=5, zorder=3)
-                if any(errs):
-                    ax.errorbar(xs, ys, yerr=[(e or 0) / scale for e in errs], fmt="none", ecolor=color, alpha=0.5,
-                                elinewidth=0.9, capsize=3, zorder=2)
-                handles.setdefault(sweep.label, Line2D([], [], color=color, marker="o", label=sweep.label))
-            scale, unit = _unit_scale(metric, values_y or [1.0])
-            if baseline is not None:
-                base, _ = value_or_reason(baseline, metric.key)
-                if base is not None:
-                    ax.axhline(base / scale, color=BASELINE_COLOR, ls=":", lw=1.2, zorder=2)
-                    values_y.append(base / scale)
-                    handles.setdefault("baseline", Line2D([], [], color=BASELINE_COLOR, ls=":", label="baseline"))
-            if metric.metric == "perplexity" and values_y and log_scale(values_y):
-                _log_axis(ax)
-            else:
-                ax.grid(True, alpha=0.3)
-            if categories:
-                ax.set_xticks(range(len(categories)), categories, rotation=20)
-            ax.set_xlabel(parameter, fontsize=9)
-            ax.set_ylabel(_label(metric, unit), fontsize=9)
-            ax.tick_params(labelsize=8)
+                if _sweep_line(ax, sweep, metric, by_name, panel, color, skipped):
+                    handles.setdefault(sweep.label, Line2D([], [], color=color, marker="o", label=sweep.label))
+            _sweep_axes_style(ax, metric, parameter, panel, baseline, handles)
     fig.suptitle(title, fontsize=11)
     _finish(fig, path, skipped, dpi, list(handles.values()))
     plt.close(fig)
@@ -504,7 +561,7 @@ def write_plots(report: Any, directory: str | Path, options: PlotOptions | None 
             figures.append(info)
     notes = [] if selection.quality else ["no perplexity or accuracy measurement: nothing to plot quality against"]
     manifest = {"fingerprint": fingerprint(report), "figures": [asdict(f) for f in figures], "notes": notes}
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     markdown = directory / "report.md"
     if markdown.is_file():
         patch_markdown(markdown, plots_markdown(manifest))
@@ -540,11 +597,22 @@ def plots_markdown(manifest: Mapping[str, Any] | None) -> list[str]:
     return lines
 
 
+#: Headings of report.md the plot section goes before when report.md has none yet.
+_PLOTS_BEFORE = ("## Generation samples", "## Details", "## Runs", "## Environment")
+
+
 def patch_markdown(path: Path, section: Sequence[str]) -> bool:
-    """Replace the plot section of an existing report.md; False when it has no markers."""
+    """Replace the plot section of an existing report.md, or insert it before the first of
+    :data:`_PLOTS_BEFORE` (the markdown reporter writes no empty section when the plots
+    reporter is off); False when report.md has neither."""
     text = path.read_text(encoding="utf-8")
     start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < start:
+    body = "\n".join(section)
+    if 0 <= start < end:
+        write_text_atomic(path, text[:start] + body + text[end + len(END):])
+        return True
+    at = min((i for i in (text.find("\n" + h + "\n") for h in _PLOTS_BEFORE) if i >= 0), default=-1)
+    if at < 0:
         return False
-    path.write_text(text[:start] + "\n".join(section) + text[end + len(END):], encoding="utf-8")
+    write_text_atomic(path, text[: at + 1] + body + "\n\n" + text[at + 1:])
     return True

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from paqbench.report.noise import Band, noise_band
+
 Better = Literal["lower", "higher"]
 Run = Mapping[str, Any]
 
@@ -66,6 +68,8 @@ class Point:
     baseline: bool = False
     size: float | None = None  # a third value (bubble area), when used
     yerr: float | None = None  # the y measurement's standard error, when it has one
+    xband: Band | None = None  # the noise band of a noisy x (a timing), None when deterministic
+    yband: Band | None = None
 
 
 @dataclass
@@ -234,28 +238,79 @@ def collect(runs: Sequence[Run], x: Axis, y: Axis, size: Axis | None = None) -> 
             values.append(value)
         else:
             points.append(Point(run["name"], values[0], values[1], run.get("pipeline") == "baseline", values[2],
-                                stderr_of(run, y.key)))
+                                stderr_of(run, y.key), band_of(run, x.key), band_of(run, y.key)))
     return points, skipped
 
 
-def dominates(a: tuple[float, float], b: tuple[float, float], x_better: Better, y_better: Better) -> bool:
-    """Whether ``a`` is at least as good as ``b`` on both axes and better on one."""
-    sign_x = 1 if x_better == "lower" else -1
-    sign_y = 1 if y_better == "lower" else -1
-    ax, ay, bx, by = sign_x * a[0], sign_y * a[1], sign_x * b[0], sign_y * b[1]
-    return ax <= bx and ay <= by and (ax < bx or ay < by)
+def band_of(run: Run, key: str) -> Band | None:
+    """The noise band of the run's measurement ``key`` (None when deterministic)."""
+    measurement = find(run, key)
+    return noise_band(measurement) if measurement is not None else None
+
+
+def _order(a: float, b: float, band_a: Band | None, band_b: Band | None, better: Better) -> int:
+    """-1 when ``a`` is better than ``b``, 1 when worse, 0 when equal or when their noise
+    bands overlap (indistinguishable: not ranked against each other)."""
+    noisy = band_a is not None or band_b is not None
+    if noisy and (band_a or Band(a, a, 1)).overlaps(band_b or Band(b, b, 1)):
+        return 0
+    if a == b:
+        return 0
+    return -1 if (a < b) == (better == "lower") else 1
+
+
+def dominates(a: tuple[float, float], b: tuple[float, float], x_better: Better, y_better: Better,
+              bands: tuple[Band | None, Band | None, Band | None, Band | None] = (None, None, None, None)) -> bool:
+    """Whether ``a`` is at least as good as ``b`` on both axes and better on one; with
+    ``bands`` (a's x, a's y, b's x, b's y), a difference inside the noise is no difference."""
+    ox = _order(a[0], b[0], bands[0], bands[2], x_better)
+    oy = _order(a[1], b[1], bands[1], bands[3], y_better)
+    return ox <= 0 and oy <= 0 and (ox < 0 or oy < 0)
 
 
 def pareto_front(
-    points: Sequence[tuple[float, float]], x_better: Better | None, y_better: Better | None
+    points: Sequence[tuple[float, float]], x_better: Better | None, y_better: Better | None,
+    bands: Sequence[tuple[Band | None, Band | None]] | None = None,
 ) -> list[int]:
     """Indices of the points no other point dominates, ordered by x. Empty when an axis
-    has no direction (an informational measurement has no "better")."""
+    has no direction (an informational measurement has no "better"). ``bands`` (x, y) per
+    point: differences inside the noise do not rank points."""
     if x_better is None or y_better is None:
         return []
+    bands = list(bands) if bands is not None else [(None, None)] * len(points)
     front = [i for i, p in enumerate(points)
-             if not any(dominates(q, p, x_better, y_better) for j, q in enumerate(points) if j != i)]
+             if not any(dominates(q, p, x_better, y_better, (*bands[j], *bands[i]))
+                        for j, q in enumerate(points) if j != i)]
     return sorted(front, key=lambda i: (points[i][0], points[i][1]))
+
+
+def noisy_axis_all_within_noise(points: Sequence[Point], axis: Literal["x", "y"]) -> bool:
+    """Whether, on a noisy axis, every non-baseline point is within noise of the baseline:
+    then the axis separates nothing and no front is drawn through it."""
+    base = next((p for p in points if p.baseline), None)
+    others = [p for p in points if not p.baseline]
+    if base is None or not others:
+        return False
+
+    def band(p: Point) -> Band | None:
+        return p.xband if axis == "x" else p.yband
+
+    def value(p: Point) -> float:
+        return p.x if axis == "x" else p.y
+
+    if all(band(p) is None for p in points):
+        return False
+    reference = band(base) or Band(value(base), value(base), 1)
+    return all((band(p) or Band(value(p), value(p), 1)).overlaps(reference) for p in others)
+
+
+def front_of(points: Sequence[Point], x_better: Better | None, y_better: Better | None) -> list[int]:
+    """The Pareto front of plotted points under the noise rule: ties inside noise bands do
+    not rank, and a noisy axis on which every run is within noise of the baseline gives no
+    front at all."""
+    if noisy_axis_all_within_noise(points, "x") or noisy_axis_all_within_noise(points, "y"):
+        return []
+    return pareto_front([(p.x, p.y) for p in points], x_better, y_better, [(p.xband, p.yband) for p in points])
 
 
 def log_scale(values: Sequence[float], ratio: float = 10.0) -> bool:
