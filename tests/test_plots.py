@@ -11,12 +11,15 @@ import pytest
 from paqbench.plugins.reporters.markdown import MarkdownReporter
 from paqbench.plugins.reporters.plots import PlotsReporter
 from paqbench.report.model import Report
+from paqbench.report.noise import Band
 from paqbench.report.plots import BEGIN, END, FILES, MANIFEST, write_plots
 from paqbench.report.selection import (
     Axis,
+    Point,
     collect,
     detect_sweeps,
     dominates,
+    front_of,
     log_scale,
     pareto_front,
     select,
@@ -90,6 +93,42 @@ def test_pareto_front_other_directions_and_no_direction():
     assert pareto_front(points, "higher", "higher") == [1, 2]
     assert pareto_front(points, "higher", "lower") == [0, 2]  # (3, 2) beats (2, 2) and (2, 3); (1, 1) lowest y
     assert pareto_front(points, None, "lower") == []
+
+
+def test_points_within_noise_on_an_axis_are_not_ranked_against_each_other():
+    # x: latency (lower is better) with noise bands; y: perplexity (deterministic)
+    points = [(1.00, 20.0), (0.98, 25.0), (0.70, 30.0)]
+    bands = [(Band(0.95, 1.05, 5), None), (Band(0.93, 1.03, 5), None), (Band(0.68, 0.72, 5), None)]
+    # without bands (0.98, 25) would be on the front; inside the first point's band it is
+    # no faster, and worse in perplexity: dominated
+    assert pareto_front(points, "lower", "lower") == [2, 1, 0]
+    assert pareto_front(points, "lower", "lower", bands) == [2, 0]
+
+
+def _noisy_point(name, x, y, spread, baseline=False):
+    return Point(name, x, y, baseline, xband=Band(x - spread, x + spread, 5))
+
+
+def test_no_front_when_every_run_is_within_noise_of_the_baseline():
+    # the issue's case: 50%-pruned dense models "faster" only by machine load
+    points = [_noisy_point("baseline", 0.076, 20.9, 0.004, baseline=True),
+              _noisy_point("magnitude", 0.090, 30.8, 0.016), _noisy_point("wanda", 0.070, 24.0, 0.008)]
+    assert front_of(points, "lower", "lower") == []
+    points.append(_noisy_point("rtn4", 0.030, 26.5, 0.002))  # clearly faster: a front again
+    assert front_of(points, "lower", "lower") == [3, 0]
+
+
+def test_tradeoff_figure_draws_no_front_through_noise(tmp_path):
+    """Identical timing distributions: the latency panel says it has no front."""
+    from tests.report_data import report
+
+    found = [r for r in report().runs if r["name"] in ("baseline", "same-as-baseline", "magnitude[sparsity=0.5]")]
+    figures = write_plots(_report(found), tmp_path)
+    tradeoffs = next(f for f in figures if f.file == FILES["tradeoffs"])
+    assert "within noise of the baseline has no front" in tradeoffs.caption
+    selection = select(found)
+    points, _ = collect(found, selection.roles["latency"], selection.quality)
+    assert all(p.xband is not None for p in points) and front_of(points, "lower", "lower") == []
 
 
 # -- axes, values, skipped runs ----------------------------------------------------------
