@@ -63,8 +63,8 @@ table.sortable th::after { content: " ⇅"; color: #aab2bd; font-size: 11px; }
 table.sortable th[aria-sort=ascending]::after { content: " ▲"; color: var(--accent); }
 table.sortable th[aria-sort=descending]::after { content: " ▼"; color: var(--accent); }
 td.better { color: var(--better); } td.worse { color: var(--worse); } td.same { color: var(--muted); }
-td.missing { color: var(--muted); font-style: italic; white-space: normal; min-width: 200px; font-size: 12px;
-             text-align: left; }
+td.missing { color: var(--muted); font-style: italic; }
+td.reason { white-space: normal; min-width: 190px; font-size: 12px; text-align: left; }
 tr.baseline td { background: #fbfbf4; }
 table.plain td, table.plain th { text-align: left; white-space: normal; }
 .note { color: var(--muted); max-width: 980px; }
@@ -135,8 +135,9 @@ def _sort_attr(value: float | str | None) -> str:
 
 
 def _td(cell: Cell) -> str:
-    classes = " ".join(c for c in (cell.tone, "same" if cell.verdict == "same" else "",
-                                   "missing" if cell.verdict == "missing" else "") if c)
+    missing = cell.verdict == "missing"
+    classes = " ".join(c for c in (cell.tone, "same" if cell.verdict == "same" else "", "missing" if missing else "",
+                                   "reason" if missing and len(cell.text) > 24 else "") if c)
     cls = f' class="{classes}"' if classes else ""
     change = f'<span class="chg">{_e(cell.change.strip())}</span>' if cell.change.strip() else ""
     return f"<td{cls}{_sort_attr(cell.sort)}>{_e(cell.value_text)}{change}</td>"
