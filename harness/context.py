@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     import torch
 
+    from paqbench.export.record import ExportRecord
     from paqbench.registry import Registry
     from paqbench.suite.schema import CalibrationConfig, ModelConfig
 
@@ -61,6 +62,9 @@ class RunContext:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("paqbench"))
     #: Set by the runner while a step runs, for error messages ("step 2 (gptq)").
     current_step: str | None = None
+    #: What the run's export phase wrote, by target (``gguf``, ``compressed-tensors``): the
+    #: engine backends of the generation metrics time these artifacts.
+    exports: dict[str, ExportRecord] = field(default_factory=dict)
     _calibration: list[torch.Tensor] | None = field(default=None, repr=False)
     _teacher: torch.nn.Module | None = field(default=None, repr=False)
     _teacher_loader: Callable[[], torch.nn.Module] | None = field(default=None, repr=False)

@@ -53,7 +53,10 @@ def export_phase(
     """Export ``model`` to ``targets`` and check each artifact on the check windows
     (no check when ``check`` is None or has ``enabled: false``)."""
     ids = check_ids(ctx, check) if check and check.get("enabled", True) else None
-    return export_model(
+    outcome = export_model(
         model, ctx.tokenizer, targets, run_folder(output_root, run_name) / "export", ids=ids,
         source_gguf=source_gguf(model_source, ctx.model_config),
     )
+    if isinstance(getattr(ctx, "exports", None), dict):  # the metrics' engine backends read them
+        ctx.exports.update({record.target: record for record in outcome.records})
+    return outcome
