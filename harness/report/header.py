@@ -47,3 +47,8 @@ def describe(setup: Setup, total: int) -> str:
     source = f" ({setup.source})" if setup.source and setup.source != setup.model else ""
     share = f" ({setup.runs} of {total} runs)" if setup.runs != total else ""
     return f"{setup.model}{source}, {setup.dtype} on {setup.device}{share}"
+
+
+def count_runs(n: int) -> str:
+    """``1 run``, ``5 runs``."""
+    return f"{n} run" if n == 1 else f"{n} runs"

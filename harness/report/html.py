@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from paqbench.report.formatting import format_bytes, format_value
-from paqbench.report.header import describe, effective_setups
+from paqbench.report.header import count_runs, describe, effective_setups
 from paqbench.report.plots import fingerprint, read_manifest
 from paqbench.report.tables import (
     MEANINGS,
@@ -177,7 +177,7 @@ def header_html(report: Any) -> str:
     setups = effective_setups(report.runs, suite)
     ran = "; ".join(describe(s, len(report.runs)) for s in setups) or "nothing yet"
     parts = [f"<h1>paqbench report: {_e(report.suite_name)}</h1>",
-             f'<p class="meta">Ran <strong>{_e(ran)}</strong> · {len(report.runs)} runs · generated '
+             f'<p class="meta">Ran <strong>{_e(ran)}</strong> · {count_runs(len(report.runs))} · generated '
              f"{_e(report.generated_at)}</p>"]
     if suite.get("description"):
         parts.append(f'<p class="meta">Suite description (from the suite file; what ran is the line above): '

@@ -96,6 +96,10 @@ def _value(run: Run, key: str) -> Any:
                  if m["metric"] == metric and m["name"] == name), None)
 
 
+def _count(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) else None
+
+
 def _unix(stamp: str | None) -> float | None:
     try:
         return datetime.fromisoformat(stamp).timestamp() if stamp else None
@@ -121,7 +125,7 @@ def results_for(run: Run, environment: Mapping[str, Any] | None = None) -> dict[
     limit = next((s["details"].get("limit") for s in tasks.values() if s["details"].get("limit") is not None),
                  run.get("limit"))
     results["config"] = {
-        "model": model, "model_args": None, "model_num_parameters": _value(run, "params/total"),
+        "model": model, "model_args": None, "model_num_parameters": _count(_value(run, "params/total")),
         "model_dtype": load.get("dtype"), "batch_size": None, "batch_sizes": [], "device": load.get("device"),
         "use_cache": None, "limit": limit, "bootstrap_iters": None, "gen_kwargs": None,
         "random_seed": run.get("seed"), "numpy_seed": None, "torch_seed": None, "fewshot_seed": None,

@@ -267,7 +267,7 @@ def headline(runs: Sequence[Run]) -> Table:
     rows, masked = [], []
     memory_key = next((c.key for c in columns if c.role == "memory"), None)
     for run in runs:
-        masks = mask_bytes(run) if memory_key == "memory/weights" else None
+        masks = mask_bytes(run) if memory_key else None  # masks count in any memory figure
         if masks:
             masked.append((run["name"], masks))
         row = []

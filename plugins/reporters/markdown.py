@@ -16,7 +16,7 @@ from tabulate import tabulate
 from paqbench import Reporter, hookimpl
 from paqbench.fsio import write_text_atomic
 from paqbench.report.formatting import format_bytes, format_value
-from paqbench.report.header import describe, effective_setups
+from paqbench.report.header import count_runs, describe, effective_setups
 from paqbench.report.plots import plots_markdown, read_manifest
 from paqbench.report.search import search_lines
 from paqbench.report.selection import find
@@ -81,7 +81,7 @@ def render_table(table: Table) -> list[str]:
     rows = [[md_cell(cell.text) if cell.text else "" for cell in row] for row in table.rows]
     lines = [tabulate(rows, headers=[column_title(c) for c in table.columns], tablefmt="github",
                       disable_numparse=True), ""]
-    return [*lines, *(md_text(note) + "  " for note in table.notes), ""] if table.notes else lines
+    return [*lines, *(md_cell(note) + "  " for note in table.notes), ""] if table.notes else lines
 
 
 def render_transposed(table: Table) -> list[str]:
@@ -269,7 +269,7 @@ def header_lines(report: Any) -> list[str]:
     setups = effective_setups(report.runs, suite)
     ran = "; ".join(md_cell(describe(s, len(report.runs))) for s in setups) or "nothing yet"
     lines = [f"# paqbench report: {md_text(report.suite_name)}", "",
-             f"Ran {ran} · {len(report.runs)} runs · generated {report.generated_at}", ""]
+             f"Ran {ran} · {count_runs(len(report.runs))} · generated {report.generated_at}", ""]
     if suite.get("description"):
         lines += [f"Suite description (from the suite file; what ran is the line above): "
                   f"{md_text(suite['description'].strip())}", ""]
