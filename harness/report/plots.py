@@ -373,6 +373,41 @@ def tradeoff_figure(runs, selection: Selection, path: Path, title: str, dpi: int
     return FigureInfo(path.name, title, _tradeoff_caption(quality, panels, use_log), list(dict.fromkeys(skipped)))
 
 
+def _bubbles(ax, shown: Sequence[Point], sizes: Sequence[float], colors) -> None:
+    """Each run as a translucent bubble of its area, with a dot (a star for the baseline)."""
+    for i, p in enumerate(shown):
+        ax.scatter([p.x], [p.y], s=sizes[i], color=colors.get(p.run, "grey"), alpha=0.55,
+                   edgecolors="black" if p.baseline else colors.get(p.run, "grey"),
+                   linewidths=1.6 if p.baseline else 0.8, zorder=3)
+        ax.scatter([p.x], [p.y], s=10, color="black", marker="*" if p.baseline else ".", zorder=4)
+
+
+def _bubble_axes(ax, size: Axis, quality: Axis, xunit: str, yunit: str, shown: Sequence[Point],
+                 use_log: bool) -> None:
+    if use_log:
+        _log_axis(ax)
+    else:
+        ax.grid(True, alpha=0.3)
+    ax.set_xlabel(_label(size, xunit), fontsize=9)
+    ax.set_ylabel(_label(quality, yunit), fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.margins(x=0.22, y=0.18)
+    if len({p.x for p in shown}) == 1:
+        x0 = shown[0].x
+        ax.set_xlim(x0 - (abs(x0) * 0.1 or 1), x0 + (abs(x0) * 0.1 or 1))
+
+
+def _bubble_legend(bubble: Axis, top: float, area: float) -> list:
+    """Reference bubbles at the largest value, a half and a quarter of it; the baseline star."""
+    from matplotlib.lines import Line2D
+
+    scale, unit = _unit_scale(bubble, [top])
+    handles = [Line2D([], [], linestyle="", marker="o", markersize=(v * area) ** 0.5, color="0.6", alpha=0.55,
+                      label=f"{bubble.name} {v / scale:.3g} {unit}") for v in (top, top / 2, top / 4)]
+    handles.append(Line2D([], [], linestyle="", marker="*", color="black", markersize=8, label="baseline"))
+    return handles
+
+
 def bubble_figure(runs, selection: Selection, path: Path, title: str, dpi: int) -> FigureInfo | None:
     """The seed studies' chart: size on x, perplexity (or accuracy) on y, bubble area
     proportional to latency."""
@@ -392,34 +427,13 @@ def bubble_figure(runs, selection: Selection, path: Path, title: str, dpi: int) 
     area = 1800.0 / top  # points^2 per unit of the bubble measurement: area is proportional
     sizes = [max(p.size, 0.0) * area for p in points]
     fig, ax = plt.subplots(figsize=(7.5, 5.2), dpi=dpi)
-    for i, p in enumerate(shown):
-        ax.scatter([p.x], [p.y], s=sizes[i], color=colors.get(p.run, "grey"), alpha=0.55,
-                   edgecolors="black" if p.baseline else colors.get(p.run, "grey"),
-                   linewidths=1.6 if p.baseline else 0.8, zorder=3)
-        ax.scatter([p.x], [p.y], s=10, color="black", marker="*" if p.baseline else ".", zorder=4)
+    _bubbles(ax, shown, sizes, colors)
     use_log = quality.metric == "perplexity" and log_scale([p.y for p in points])
-    if use_log:
-        _log_axis(ax)
-    else:
-        ax.grid(True, alpha=0.3)
-    ax.set_xlabel(_label(size, xunit), fontsize=9)
-    ax.set_ylabel(_label(quality, yunit), fontsize=9)
-    ax.tick_params(labelsize=8)
-    ax.margins(x=0.22, y=0.18)
-    if len({p.x for p in shown}) == 1:
-        x0 = shown[0].x
-        ax.set_xlim(x0 - (abs(x0) * 0.1 or 1), x0 + (abs(x0) * 0.1 or 1))
+    _bubble_axes(ax, size, quality, xunit, yunit, shown, use_log)
     labels = [((ax, shown, [p.run for p in shown], colors), {"gaps": [(a ** 0.5) / 2 for a in sizes]})]
     fig.suptitle(title, fontsize=11)
-    from matplotlib.lines import Line2D
-
-    scale, unit = _unit_scale(bubble, [top])
-    reference = [top, top / 2, top / 4]
-    handles = [Line2D([], [], linestyle="", marker="o", markersize=(v * area) ** 0.5, color="0.6", alpha=0.55,
-                      label=f"{bubble.name} {v / scale:.3g} {unit}") for v in reference]
-    handles.append(Line2D([], [], linestyle="", marker="*", color="black", markersize=8, label="baseline"))
     ax.set_title(f"bubble area proportional to {bubble.label.split(' [')[0]}", fontsize=8.5, color="0.3")
-    _finish(fig, path, skipped, dpi, handles, spacious=True, labels=labels)
+    _finish(fig, path, skipped, dpi, _bubble_legend(bubble, top, area), spacious=True, labels=labels)
     plt.close(fig)
     return FigureInfo(path.name, title,
                       f"x: {size.key}, y: {quality.key}, bubble area proportional to {bubble.key}"
