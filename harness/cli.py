@@ -143,7 +143,11 @@ def _output_dir(output: str | None, suite) -> Path:
 
 def _write_reports(output_dir: Path, reporters: list[str], registry) -> list[Path]:
     from paqbench.report import build_report
+    from paqbench.runner.store import ResultStore
 
+    store = ResultStore(output_dir)
+    for number in store.corrupt_lines():
+        click.echo(f"Warning: {store.path}:{number}: not a valid result record; skipped", err=True)
     report = build_report(output_dir)
     files: list[Path] = []
     for name in reporters:
@@ -157,8 +161,13 @@ def _write_reports(output_dir: Path, reporters: list[str], registry) -> list[Pat
 @click.option("--quiet", "-q", is_flag=True, help="Print only problems.")
 def validate(suites, model, quiet):
     """Check suite files against the schema and the installed plugins; print each plan."""
+    from paqbench.fsio import output_dir_problem
+
     for suite in suites:
-        _, plan, _ = _plan(suite, model=model)
+        loaded, plan, _ = _plan(suite, model=model)
+        problem = output_dir_problem(_output_dir(None, loaded.suite))
+        if problem:
+            _fail(f"{suite}: {problem}")
         if quiet:
             continue
         click.echo(f"{suite}: ok")
@@ -176,8 +185,6 @@ def report(directory, reporters):
     store = ResultStore(Path(directory))
     if not store.exists():
         _fail(f"{directory} holds no results.jsonl")
-    for number in store.corrupt_lines():
-        click.echo(f"Warning: {store.path}:{number}: not a valid result record; skipped", err=True)
     manifest = store.read_manifest() or {}
     names = list(reporters) or (manifest.get("resolved_suite") or {}).get("reporters") or ["json", "markdown"]
     for path in _write_reports(Path(directory), names, registry):

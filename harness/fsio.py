@@ -81,18 +81,33 @@ def safe_dir_name(name: str) -> str:
     return name[: MAX_DIR_NAME - 11] + "-" + digest
 
 
-def check_output_dir(directory: Path) -> None:
-    """Create ``directory`` and prove it writable now, before anything runs.
-
-    Raises :class:`OutputError` naming the problem in one line: a parent that is a file,
-    a directory that cannot be created, or one where a file cannot be written.
-    """
+def output_dir_problem(directory: Path) -> str | None:
+    """What stops ``directory`` from being created and written, found without creating anything
+    (``paqbench validate``): a parent that is a file, a name too long, no write permission."""
+    too_long = [part for part in directory.parts if len(part.encode("utf-8")) > 255]
+    if too_long:
+        return f"cannot create output directory {directory}: a name in it is longer than 255 bytes"
     for parent in [directory, *directory.parents]:
         if parent.exists() or parent.is_symlink():
             if not parent.is_dir():
                 what = "is a file" if parent == directory else f"is below {parent}, which is a file"
-                raise OutputError(errno.ENOTDIR, f"output directory {directory} {what}")
-            break
+                return f"output directory {directory} {what}"
+            if not os.access(parent, os.W_OK):
+                return f"output directory {directory} is not writable: no write permission on {parent}"
+            return None
+    return None
+
+
+def check_output_dir(directory: Path) -> None:
+    """Create ``directory`` and prove it writable now, before anything runs.
+
+    Raises :class:`OutputError` naming the problem in one line: a parent that is a file,
+    a directory that cannot be created, or one where a file cannot be written (a real
+    write probe: permissions say nothing on a read-only file system, or to root).
+    """
+    problem = output_dir_problem(directory)
+    if problem:
+        raise OutputError(errno.ENOTDIR, problem)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

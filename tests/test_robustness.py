@@ -286,3 +286,16 @@ def test_cli_run_refuses_a_symlinked_results_file_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("Error: ") and "symbolic link" in result.stderr
     assert victim.read_text() == "precious\n"
+
+
+def test_validate_checks_the_suites_output_directory(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    suite = write_suite(tmp_path, BASELINE_ONLY + f"output: {blocker / 'out'}\n")
+    result = _cli("validate", str(suite))
+    assert result.exit_code == 2
+    expected = f"Error: {suite}: output directory {blocker / 'out'} is below {blocker}, which is a file"
+    assert result.stderr.strip() == expected
+    long_output = write_suite(tmp_path, BASELINE_ONLY + f"output: {tmp_path / ('x' * 300)}\n", name="long.yaml")
+    result = _cli("validate", str(long_output))
+    assert result.exit_code == 2 and "a name in it is longer than 255 bytes" in result.stderr

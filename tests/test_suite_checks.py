@@ -109,8 +109,10 @@ def test_validate_says_what_is_offline_and_what_would_download(tmp_path, data_di
 
 
 def test_the_race_study_offline_stops_at_validation_saying_what_to_set(data_dir, tmp_path):
+    # the README's laptop command; --dry-run so that a regression prints a plan instead of running the study
     result = paqbench("run", "suites/race.yaml", "--model", "smollm2-135m", "--device", "cpu", "--limit", "20",
-                      "-o", str(tmp_path / "out"), env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+                      "-o", str(tmp_path / "out"), "--dry-run",
+                      env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert [line.split(": ")[2] for line in lines] == ["calibration.dataset", "metrics[0].race.source"]
