@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from paqbench.fsio import OutputError, write_all, write_text_atomic
+from paqbench.fsio import OutputError, write_all, write_bytes_atomic, write_text_atomic
 from paqbench.runner.result import RunResult
 
 RESULTS_FILE = "results.jsonl"
@@ -75,7 +75,7 @@ class ResultStore:
         if tail.endswith(b"\n") and _is_record(tail):
             return
         side = self.path.with_name(f"{RESULTS_FILE}.torn-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
-        write_text_atomic(side, tail.decode("utf-8", errors="replace"))
+        write_bytes_atomic(side, tail)  # the fragment's exact bytes
         os.ftruncate(fd, start)
         logger.warning("%s: its last line (line %d, %d bytes) was incomplete; moved it to %s",
                        self.path, _count_lines(fd, start) + 1, len(tail), side.name)
