@@ -210,6 +210,11 @@ def test_lm_eval_files_sit_next_to_report_json_and_stale_ones_go(tmp_path):
     assert len(files) == 4 and all("/results_2026-12-03T08-01-00.json" in f for f in files)
     data = json.loads((tmp_path / files[0]).read_text())
     assert "acc,none" in data["results"]["race"]
+    from lm_eval.utils import get_file_datetime, get_results_filenames
+
+    paths = [str(tmp_path / f) for f in files]
+    assert get_results_filenames(paths) == paths  # lm-eval's own reader finds them
+    assert get_file_datetime(paths[0]) == "2026-12-03T08-01-00.json"
     assert write_lm_eval_results(runs()[:1], {}, tmp_path)  # a later build with one run only
     assert len(list((tmp_path / DIRECTORY).rglob("*.json"))) == 1
 
