@@ -12,6 +12,7 @@ its own. Reading skips corrupt lines; :meth:`ResultStore.corrupt_lines` names th
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -48,7 +49,9 @@ class ResultStore:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as exc:
-            raise ResultsWriteError(exc.errno, f"cannot open {self.path}: {exc.strerror or exc}") from None
+            reason = "it is a symbolic link, and paqbench does not write through links" if (
+                exc.errno == errno.ELOOP) else exc.strerror or str(exc)
+            raise ResultsWriteError(exc.errno, f"cannot open {self.path}: {reason}") from None
         try:
             self._quarantine_torn_tail(fd)
             end = os.fstat(fd).st_size
