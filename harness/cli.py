@@ -186,7 +186,7 @@ def report(directory, reporters):
     if not store.exists():
         _fail(f"{directory} holds no results.jsonl")
     manifest = store.read_manifest() or {}
-    names = list(reporters) or (manifest.get("resolved_suite") or {}).get("reporters") or ["json", "markdown"]
+    names = list(reporters) or (manifest.get("resolved_suite") or {}).get("reporters") or ["json", "markdown", "html"]
     for path in _write_reports(Path(directory), names, registry):
         click.echo(str(path))
 

@@ -162,7 +162,7 @@ class Suite(_Strict):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     metrics: list[MetricConfig] = Field(default_factory=list)
     pipelines: list[PipelineConfig] = Field(default_factory=list)
-    reporters: list[str] = Field(default_factory=lambda: ["json", "markdown"])
+    reporters: list[str] = Field(default_factory=lambda: ["json", "markdown", "html"])
     output: str | None = Field(None, description="output directory; default reports/<name>")
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     export: list[ExportTarget] = Field(
