@@ -44,6 +44,8 @@ def test_params_metric_reports_per_module_sparsity(tiny_llama, make_context):
     per_module = values["linear_sparsity"].details["per_module"]
     assert per_module["model.layers.1.mlp.up_proj"]["sparsity"] == 0.25
     assert per_module["model.layers.0.mlp.up_proj"]["sparsity"] == 0.0
+    assert per_module["model.layers.0.mlp.up_proj"]["format"] == "Linear"
+    assert "kernel" not in per_module["model.layers.0.mlp.up_proj"]  # a dense layer has no path to choose
     assert values["bits_per_weight"].value == 32.0
     decoder_linears = {
         name for name, m in tiny_llama.named_modules() if isinstance(m, nn.Linear) and ".layers." in name

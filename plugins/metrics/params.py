@@ -116,6 +116,8 @@ class ParamsMetric(Metric):
             t_zero += zeros
             per_module[name] = {
                 "kind": layer_kind(module),
+                "format": type(module).__name__,
+                **({"kernel": module.kernel} if isinstance(getattr(module, "kernel", None), str) else {}),
                 "shape": _shape(module),
                 "sparsity": zeros / numel,
                 "bits": layer_bits / numel,
