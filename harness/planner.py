@@ -205,6 +205,7 @@ def build_plan(loaded: LoadedSuite, registry: Registry, overrides: Overrides | N
             else:
                 searches.append(SearchSpec(name=name, pipeline=pipeline.name, template=spec, **search))
 
+    _check_engine_exports(loaded, metrics, [*runs, *(s.template for s in searches)], problems)
     data: list[str] = []
     if not problems:
         calibrates = any(registry.method(step["method"]).needs_calibration
@@ -215,6 +216,26 @@ def build_plan(loaded: LoadedSuite, registry: Registry, overrides: Overrides | N
     resolved = suite.model_dump()
     resolved["model"] = common["model"]
     return Plan(suite_name=suite.name, runs=runs, resolved_suite=resolved, searches=searches, data=data)
+
+
+def _check_engine_exports(
+    loaded: LoadedSuite, metrics: list[dict[str, Any]], runs: list[RunSpec], problems: list[Problem]
+) -> None:
+    """A metric with an engine ``backend`` times a run's export: every run must write it."""
+    from paqbench.engines import missing_exports
+
+    for index, metric in enumerate(metrics):
+        backend = metric["params"].get("backend")
+        if not isinstance(backend, str):
+            continue
+        lacking = [spec.name for spec in runs if missing_exports(backend, spec.export)]
+        if lacking:
+            target = missing_exports(backend, [])
+            names = ", ".join(lacking[:5]) + (f" and {len(lacking) - 5} more" if len(lacking) > 5 else "")
+            problems.append(loaded.problem(
+                _yaml_path(loaded, ("metrics", index, "params", "backend")),
+                f"backend {backend} runs each run's {target} export, and these runs do not export it: {names}; "
+                f"add `export: [{target}]` to the suite (or to those pipelines)"))
 
 
 def _data_origins(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ class GenerationTiming:
     quant_type: str
     tensor_types: dict[str, int] = field(default_factory=dict)
     tokens: list[int] = field(default_factory=list)
+    #: Call start to the last token's argmax (:class:`GreedySession`; None from :func:`time_greedy`).
+    e2e_s: float | None = None
 
     @property
     def tpot_s(self) -> float:
@@ -93,3 +96,56 @@ def time_greedy(path: Path, prompt_ids: list[int], new_tokens: int, n_threads: i
         prompt_tokens=len(prompt_ids), new_tokens=new_tokens, ttft_s=ttft, token_s=times, n_threads=n_threads,
         llama_cpp_version=llama_cpp.__version__, quant_type=declared, tensor_types=counts, tokens=tokens,
     )
+
+
+class GreedySession:
+    """One GGUF loaded once for many timed greedy generations (the latency metric's warm-up
+    and repetitions), on ``n_threads`` threads for prompt and decode alike. ``now`` is the
+    host clock (tests inject a fake one); each call starts from an empty KV cache."""
+
+    def __init__(self, path: Path, n_ctx: int, n_threads: int) -> None:
+        self.llama_cpp = import_llama_cpp()
+        self.path = path
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.llm = load(path, n_ctx=n_ctx, n_threads=n_threads, logits_all=False)
+        self.n_vocab = self.llm.n_vocab()
+        self.quant_type, self.tensor_types = gguf_types(path)
+
+    def _argmax(self) -> int:
+        row = np.ctypeslib.as_array(self.llama_cpp.llama_get_logits_ith(self.llm.ctx, -1), shape=(self.n_vocab,))
+        return int(row.argmax())
+
+    def generate(self, prompt_ids: list[int], new_tokens: int,
+                 now: Callable[[], float] = time.perf_counter) -> GenerationTiming:
+        """Exactly ``new_tokens`` greedy tokens after ``prompt_ids``, timed like :func:`time_greedy`."""
+        if new_tokens < 1 or not prompt_ids:
+            raise ValueError("need a prompt and at least one new token")
+        if len(prompt_ids) + new_tokens > self.n_ctx:
+            raise ValueError(f"{len(prompt_ids)} + {new_tokens} tokens exceed the context of {self.n_ctx}")
+        self.llm.reset()
+        began = now()
+        self.llm.eval(list(prompt_ids))
+        token = self._argmax()
+        ttft = now() - began
+        tokens, times = [token], []
+        for _ in range(new_tokens - 1):
+            step = now()
+            self.llm.eval([token])
+            token = self._argmax()
+            times.append(now() - step)
+            tokens.append(token)
+        return GenerationTiming(
+            prompt_tokens=len(prompt_ids), new_tokens=new_tokens, ttft_s=ttft, token_s=times,
+            n_threads=self.n_threads, llama_cpp_version=self.llama_cpp.__version__, quant_type=self.quant_type,
+            tensor_types=self.tensor_types, tokens=tokens, e2e_s=now() - began,
+        )
+
+    def close(self) -> None:
+        self.llm.close()
+
+    def __enter__(self) -> GreedySession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

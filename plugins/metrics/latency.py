@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from paqbench import Metric, Params, RunContext, hookimpl
+from paqbench.engines import Backend, EngineTiming, EngineUnavailable, open_engine
 from paqbench.layers import kernels_in_use
 from paqbench.models.device import input_device
 from paqbench.stats import summarize
@@ -64,8 +65,22 @@ class LatencyParams(Params):
         False,
         description="also time the uncompressed model (loaded again) in alternation with this one and "
         "report speedups from calls measured back to back, which a machine whose speed drifts during a "
-        "suite cannot bias; costs a second model in memory and twice the calls",
+        "suite cannot bias; costs a second model in memory and twice the calls. With an engine backend the "
+        "reference is this run's model in paqbench's torch path (the same codes)",
     )
+    backend: Backend = Field(
+        "torch", description="torch: paqbench's model in memory; llama.cpp: the run's GGUF export; vllm: its "
+        "compressed-tensors export (CUDA)"
+    )
+    threads: int | None = Field(
+        None, gt=0, description="llama.cpp threads (prompt and decode); default: torch's thread count"
+    )
+
+    @model_validator(mode="after")
+    def _engine_batch(self) -> LatencyParams:
+        if self.backend == "llama.cpp" and self.batch_size != 1:
+            raise ValueError("the llama.cpp backend generates one row: batch_size must be 1")
+        return self
 
 
 # -- pure arithmetic ---------------------------------------------------------------------
@@ -374,6 +389,37 @@ def iteration_bounds(
     return (min(min_iterations, cap) if cap is not None else min_iterations), cap
 
 
+def _engine_loop(engine, model: torch.nn.Module, setup: GenerationSetup, ids: list[int], clock: Clock,
+                 params: LatencyParams, min_iterations: int, cap: int | None):
+    """Warm-up and timed engine calls under :func:`repeat_until`; with ``params.reference``,
+    each iteration is a pair (engine, torch) whose order flips every pair."""
+    timings: list[EngineTiming] = []
+    reference_timings: list[GenerationTiming] = []
+
+    def engine_call() -> None:
+        timings.append(engine.generate(ids, params.new_tokens, params.batch_size, clock.now))
+
+    def torch_call() -> None:
+        reference_timings.append(timed_generate(model, setup, clock))
+
+    warmups = [engine.generate(ids, params.new_tokens, params.batch_size, clock.now) for _ in range(params.warmup)]
+    if not params.reference:
+        wall_s = repeat_until(lambda _: engine_call(), clock, min_iterations=min_iterations,
+                              min_seconds=params.min_seconds, max_iterations=cap)
+        return timings, warmups, reference_timings, wall_s
+    with eval_mode(model):
+        for _ in range(params.warmup):
+            timed_generate(model, setup, clock)
+
+        def pair(index: int) -> None:
+            for call in ((engine_call, torch_call) if index % 2 == 0 else (torch_call, engine_call)):
+                call()
+
+        wall_s = repeat_until(pair, clock, min_iterations=min_iterations, min_seconds=params.min_seconds,
+                              max_iterations=cap)
+    return timings, warmups, reference_timings, wall_s
+
+
 # -- the metric ---------------------------------------------------------------------------
 
 
@@ -387,7 +433,8 @@ class Latency(Metric):
         "perf_counter on CPU. With `reference: true`, also decode_speedup and prefill_speedup "
         "against the uncompressed model timed in alternation with this one (drift-proof A/B). "
         "Params: prompt_tokens, new_tokens, batch_size, warmup, min_iterations, min_seconds, "
-        "max_iterations, dataset, split, reference. Cost: warmup + max(min_iterations, as many as "
+        "max_iterations, dataset, split, reference, backend (torch | llama.cpp | vllm: the run's GGUF / "
+        "compressed-tensors export in that engine), threads. Cost: warmup + max(min_iterations, as many as "
         "fit in min_seconds) generate calls (twice with reference)."
     )
     Params = LatencyParams
@@ -396,6 +443,9 @@ class Latency(Metric):
         self.now = now  # the host clock; tests inject a fake one
 
     def measure(self, model, params: LatencyParams, ctx):
+        if params.backend != "torch":
+            yield from self._engine(model, params, ctx)
+            return
         setup = prepare_generation(
             model, ctx, prompt_tokens=params.prompt_tokens, new_tokens=params.new_tokens,
             batch_size=params.batch_size, dataset=params.dataset, split=params.split,
@@ -444,6 +494,10 @@ class Latency(Metric):
         kernels = kernels_in_use(model)
         if kernels:
             details["kernels"] = kernels  # the forward paths the timed calls ran on
+        yield from self._report(timings, warmups, reference_timings, params, details)
+
+    def _report(self, timings, warmups, reference_timings, params: LatencyParams, details: dict[str, Any]):
+        """The measurements of the timed calls (any backend: each has ``ttft_s`` and ``e2e_s``)."""
         rates = [derive_rates(t.ttft_s, t.e2e_s, params.prompt_tokens, params.new_tokens,
                               params.batch_size) for t in timings]
         series: list[tuple[str, list[float], str, str]] = [
@@ -471,6 +525,58 @@ class Latency(Metric):
             },
         )
 
+    def _engine(self, model, params: LatencyParams, ctx):
+        """The run's export timed in ``params.backend`` with the torch path's prompt ids, token
+        counts, warm-up and stopping rule; with ``reference``, alternating with paqbench's
+        torch forward of the same model."""
+        setup = prepare_generation(
+            model, ctx, prompt_tokens=params.prompt_tokens, new_tokens=params.new_tokens,
+            batch_size=params.batch_size, dataset=params.dataset, split=params.split,
+        )
+        ids = setup.inputs["input_ids"][0].tolist()
+        try:
+            engine = open_engine(params.backend, ctx, n_ctx=params.prompt_tokens + params.new_tokens,
+                                 threads=params.threads)
+        except EngineUnavailable as exc:
+            yield from self._all_unavailable(str(exc), params)
+            return
+        clock = Clock(torch.device("cpu"), self.now)
+        min_iterations, cap = iteration_bounds(params.min_iterations, params.max_iterations, ctx.limit)
+        try:
+            timings, warmups, reference_timings, wall_s = _engine_loop(
+                engine, model, setup, ids, clock, params, min_iterations, cap)
+            details = setup.describe(model) | engine.describe() | {
+                "timer": clock.kind, "iterations": len(timings), "measured_wall_s": wall_s,
+                "warmup": params.warmup, "min_iterations": min_iterations, "min_seconds": params.min_seconds,
+                "max_iterations": cap, "ttft": "from the call to the first token's argmax (prefill)",
+            }
+        finally:
+            engine.close()
+        for key in ("dtype", "torch_threads", "attn_implementation", "kv_cache"):
+            details.pop(key, None)  # the torch model's, not the engine's
+        yield from self._report(timings, warmups, [], params, details)
+        if reference_timings:
+            torch_details = details | {"reference": "paqbench's torch forward of this run's model (the same "
+                                       "codes), timed in alternation with the engine (A B, B A, ...)"}
+            for name in ("decode_tokens_per_s", "prefill_tokens_per_s"):
+                rates = [getattr(derive_rates(t.ttft_s, t.e2e_s, params.prompt_tokens, params.new_tokens,
+                                              params.batch_size), name) for t in reference_timings]
+                summary = summarize(rates)
+                yield self.make(f"torch_{name}", summary.median, "tokens/s", "higher", spread=summary.spread(),
+                                samples=rates, details=torch_details)
+            mine = [derive_rates(t.ttft_s, t.e2e_s, params.prompt_tokens, params.new_tokens, params.batch_size)
+                    for t in timings]
+            yield from self._speedups(timings, mine, reference_timings, params, torch_details)
+
+    def _all_unavailable(self, reason: str, params: LatencyParams):
+        names = [("ttft", "s", "lower"), ("tpot", "s/token", "lower"), ("e2e", "s", "lower"),
+                 ("decode_tokens_per_s", "tokens/s", "higher"), ("prefill_tokens_per_s", "tokens/s", "higher"),
+                 ("cold_e2e", "s", "lower")]
+        if params.reference:
+            names += [("decode_speedup", "×", "higher"), ("prefill_speedup", "×", "higher")]
+        for name, unit, better in names:
+            yield self.make(name, None, unit, better, unavailable=reason)
+
     def _speedups(self, timings, mine: list[Rates], reference_timings, params: LatencyParams,
                   details: dict[str, Any]):
         """Per pair of back-to-back calls, the uncompressed model's time over this one's;
@@ -483,9 +589,9 @@ class Latency(Metric):
                                 zip(timings, reference_timings, strict=True)],
         }
         what = {
-            **details,
             "reference": "the uncompressed model, loaded again from the suite's source, timed in "
                          "alternation with this one (A B, B A, ...); speedup = its time / this time per pair",
+            **details,
             "reference_tpot_s": summarize([r.tpot_s for r in theirs]).median,
             "reference_ttft_s": summarize([t.ttft_s for t in reference_timings]).median,
         }

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from pydantic import Field
 
-from paqbench import Metric, Params, hookimpl, nvml
+from paqbench import Metric, Params, engines, hookimpl, nvml
+from paqbench.engines import Backend, EngineUnavailable, artifact, default_threads, open_engine
 from paqbench.memory import PeakMemory
 from paqbench.plugins.metrics.latency import Clock, eval_mode, prepare_generation, timed_generate
 
@@ -31,6 +32,11 @@ class MemoryParams(Params):
     )
     dataset: str = Field("embedded", description="dataset the prompt text is taken from")
     split: str = Field("test", description="split of that dataset")
+    backend: Backend = Field(
+        "torch", description="torch: paqbench's model in memory; llama.cpp: the run's GGUF export, loaded and "
+        "run in a child process of its own; vllm: its compressed-tensors export (CUDA)"
+    )
+    threads: int | None = Field(None, gt=0, description="llama.cpp threads; default: torch's thread count")
 
 
 @dataclass
@@ -114,12 +120,16 @@ class Memory(Metric):
         "(allocator peaks reset before the call), peak process VRAM through NVML (this process "
         "and its children), peak process RSS (sampled every sample_interval s). Unavailable "
         "with the reason where there is no CUDA device or no NVML. Params: prompt_tokens, "
-        "new_tokens, batch_size, sample_interval, dataset, split. Cost: two generate calls "
+        "new_tokens, batch_size, sample_interval, dataset, split, backend (torch | llama.cpp | vllm: the run's GGUF / "
+        "compressed-tensors export in that engine), threads. Cost: two generate calls "
         "(one warm-up)."
     )
     Params = MemoryParams
 
     def measure(self, model, params: MemoryParams, ctx):
+        if params.backend != "torch":
+            yield from self._engine(model, params, ctx)
+            return
         setup = prepare_generation(
             model, ctx, prompt_tokens=params.prompt_tokens, new_tokens=params.new_tokens,
             batch_size=params.batch_size, dataset=params.dataset, split=params.split,
@@ -173,6 +183,80 @@ class Memory(Metric):
             yield self.make("process_vram", vram.peak, "bytes", "lower",
                             details=details | {"source": "NVML per-process used GPU memory",
                                                "pids": sorted(nvml.process_tree())})
+
+    def _engine(self, model, params: MemoryParams, ctx):
+        """The engine's memory: the artifact's bytes as ``weights`` and the peak RSS of
+        loading and generating (llama.cpp: a child process of its own, sampled)."""
+        setup = prepare_generation(
+            model, ctx, prompt_tokens=params.prompt_tokens, new_tokens=params.new_tokens,
+            batch_size=params.batch_size, dataset=params.dataset, split=params.split,
+        )
+        ids = setup.inputs["input_ids"][0].tolist()
+        try:
+            engines.require_package(params.backend)
+            path = artifact(ctx, params.backend)
+            if params.backend == "llama.cpp":
+                measured = list(self._llama_cpp(path, ids, params))
+            else:
+                measured = list(self._vllm(ids, params, ctx))
+        except EngineUnavailable as exc:
+            for name in ENGINE_NAMES:
+                yield self.make(name, None, "bytes", "lower", unavailable=str(exc))
+            return
+        yield from measured
+
+    def _llama_cpp(self, path, ids: list[int], params: MemoryParams):
+        from paqbench.engines.llamacpp import measure_memory
+        from paqbench.export.timing import gguf_types
+
+        if params.batch_size != 1:
+            raise EngineUnavailable("the llama.cpp backend generates one row (batch_size 1)")
+        threads = params.threads or default_threads()
+        used = measure_memory(path, ids, params.new_tokens, threads, params.sample_interval)
+        quant_type, tensor_types = gguf_types(path)
+        engine = {"backend": "llama.cpp", "engine_version": f"llama-cpp-python {used.info['llama_cpp_version']}",
+                  "threads": threads, "artifact": str(path), "quant_type": quant_type, "tensor_types": tensor_types,
+                  "prompt_tokens": params.prompt_tokens, "new_tokens": params.new_tokens}
+        yield self.make("weights", path.stat().st_size, "bytes", "lower", details=engine | {
+            "counted": "bytes of the GGUF file llama.cpp loads (it maps the file into memory)"})
+        yield self.make("peak_rss", used.peak_rss, "bytes", "lower", details=engine | {
+            "window": "a child process that imports llama-cpp-python, loads the GGUF and generates "
+                      "new_tokens greedily (no torch in it)",
+            "rss_before_load": used.rss_before_load, "ru_maxrss": used.ru_maxrss, "rss_samples": used.samples,
+            "sample_interval_s": params.sample_interval})
+        reason = "the llama.cpp backend runs on the CPU here"
+        for name in ("peak_allocated", "peak_reserved", "process_vram"):
+            yield self.make(name, None, "bytes", "lower", unavailable=reason)
+
+    def _vllm(self, ids: list[int], params: MemoryParams, ctx):
+        """vLLM allocates in its own engine process: process VRAM (NVML, this process tree)
+        over loading and one call is what it holds (untested on hardware here)."""
+        from paqbench.engines.vllm import require_cuda
+
+        require_cuda()
+        vram = PeakSampler(lambda: nvml.process_vram(), params.sample_interval)
+        with PeakMemory(None, interval=params.sample_interval) as peak, vram:
+            engine = open_engine("vllm", ctx, n_ctx=params.prompt_tokens + params.new_tokens, threads=None)
+            try:
+                engine.generate(ids, params.new_tokens, params.batch_size)
+                details = engine.describe()
+            finally:
+                engine.close()
+        path = artifact(ctx, "vllm")
+        size = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+        yield self.make("weights", size, "bytes", "lower", details=details | {"counted": "the export's safetensors"})
+        yield self.make("peak_rss", peak.peak.rss_bytes, "bytes", "lower", details=details)
+        if vram.peak is None:
+            yield self.make("process_vram", None, "bytes", "lower", unavailable=vram.reason or "NVML gave no reading")
+        else:
+            yield self.make("process_vram", vram.peak, "bytes", "lower", details=details)
+        reason = "vLLM allocates in its own engine process; see process_vram"
+        for name in ("peak_allocated", "peak_reserved"):
+            yield self.make(name, None, "bytes", "lower", unavailable=reason)
+
+
+#: What the memory metric measures, whatever the backend.
+ENGINE_NAMES = ("weights", "peak_rss", "peak_allocated", "peak_reserved", "process_vram")
 
 
 @hookimpl

@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 
 from paqbench import Metric, Params, RunContext, hookimpl
+from paqbench.engines import Backend, EngineUnavailable, open_engine
 from paqbench.models.device import input_device
 from paqbench.plugins.metrics.latency import eval_mode
 
@@ -36,6 +37,11 @@ class SamplesParams(Params):
     chat: bool = Field(
         False, description="wrap each prompt in the tokenizer's chat template as a user turn (when it has one)"
     )
+    backend: Backend = Field(
+        "torch", description="torch: paqbench's model in memory; llama.cpp: the run's GGUF export; vllm: its "
+        "compressed-tensors export (CUDA)"
+    )
+    threads: int | None = Field(None, gt=0, description="llama.cpp threads; default: torch's thread count")
 
 
 def encode(prompt: str, tokenizer: Any, chat: bool) -> tuple[list[int], str]:
@@ -69,7 +75,8 @@ class Samples(Metric):
     description = (
         "Greedy continuations (do_sample=False) of a few fixed prompts, up to max_new_tokens each, as text in "
         "the report next to the baseline's. Value: mean generated tokens per prompt (informational). Params: "
-        "prompts, max_new_tokens, chat. Cost: one short generate call per prompt."
+        "prompts, max_new_tokens, chat, backend (torch | llama.cpp | vllm: the run's GGUF / "
+        "compressed-tensors export in that engine), threads. Cost: one short generate call per prompt."
     )
     Params = SamplesParams
 
@@ -81,21 +88,28 @@ class Samples(Metric):
             eos = tokenizer.eos_token_id
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
             eos[0] if isinstance(eos, list) else eos)
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        encoded = [(prompt, *encode(prompt, tokenizer, params.chat)) for prompt in prompts]
+        engine_details: dict[str, Any] = {}
+        if params.backend == "torch":
+            with eval_mode(model):
+                continued = [greedy_continuation(model, ids, params.max_new_tokens, pad, eos) for _, ids, _ in encoded]
+        else:
+            try:
+                continued, engine_details = _engine_continuations(params, ctx, [ids for _, ids, _ in encoded], eos_ids)
+            except EngineUnavailable as exc:
+                yield self.make("generated_tokens", None, "tokens", None, unavailable=str(exc))
+                return
         outputs = []
-        with eval_mode(model):
-            for prompt in prompts:
-                ids, encoding = encode(prompt, tokenizer, params.chat)
-                new = greedy_continuation(model, ids, params.max_new_tokens, pad, eos)
-                eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
-                stopped = bool(new) and new[-1] in eos_ids
-                outputs.append({
-                    "prompt": prompt,
-                    "text": tokenizer.decode(new, skip_special_tokens=True),
-                    "new_tokens": len(new),
-                    "token_ids": new,
-                    "stopped_at_eos": stopped,
-                    "encoding": encoding,
-                })
+        for (prompt, _, encoding), new in zip(encoded, continued, strict=True):
+            outputs.append({
+                "prompt": prompt,
+                "text": tokenizer.decode(new, skip_special_tokens=True),
+                "new_tokens": len(new),
+                "token_ids": new,
+                "stopped_at_eos": bool(new) and new[-1] in eos_ids,
+                "encoding": encoding,
+            })
         counts = [float(o["new_tokens"]) for o in outputs]
         yield self.make(
             "generated_tokens", sum(counts) / len(counts), "tokens", None, samples=counts,
@@ -106,8 +120,20 @@ class Samples(Metric):
                 "chat_template": bool(getattr(tokenizer, "chat_template", None)),
                 "decoding": "greedy (do_sample=False, num_beams=1), stops at EOS or max_new_tokens",
                 "device": str(input_device(model)),
+                **engine_details,
             },
         )
+
+
+def _engine_continuations(params: SamplesParams, ctx: RunContext, prompts: list[list[int]],
+                          eos: set[int]) -> tuple[list[list[int]], dict[str, Any]]:
+    """Greedy continuations of the run's export in ``params.backend`` (stops at EOS)."""
+    engine = open_engine(params.backend, ctx, n_ctx=max(map(len, prompts)) + params.max_new_tokens,
+                         threads=params.threads)
+    try:
+        return [engine.continuation(ids, params.max_new_tokens, eos) for ids in prompts], engine.describe()
+    finally:
+        engine.close()
 
 
 @hookimpl

@@ -1,0 +1,113 @@
+"""Engine backends of the generation metrics (``latency``, ``memory``, ``samples``).
+
+``backend: torch`` (the default) runs paqbench's in-memory model. ``llama.cpp`` and
+``vllm`` run the artifact the run's export phase wrote (``gguf``, ``compressed-tensors``;
+:attr:`paqbench.RunContext.exports`), with the same prompt ids and token counts, so that a
+number says what the model costs in the engine that will serve it. Whatever stops an
+engine here (no export, a failed export, a missing package, no CUDA device) is an
+:class:`EngineUnavailable` whose message the metric records as each measurement's reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+Backend = Literal["torch", "llama.cpp", "vllm"]
+
+#: The export target each engine backend reads.
+EXPORT_OF: dict[str, str] = {"llama.cpp": "gguf", "vllm": "compressed-tensors"}
+#: The exact command that installs each engine's package.
+INSTALL: dict[str, str] = {
+    "llama.cpp": "pip install 'paqbench[llamacpp]'",
+    "vllm": "pip install 'paqbench[vllm]'",
+}
+_MODULE = {"llama.cpp": "llama_cpp", "vllm": "vllm"}
+
+
+class EngineUnavailable(RuntimeError):
+    """This engine cannot run here or has nothing to run; the message says why (and how
+    to install what is missing)."""
+
+
+@dataclass(frozen=True)
+class EngineTiming:
+    """One timed generate call in an engine: call start to first token, and to the end."""
+
+    ttft_s: float
+    e2e_s: float
+    tokens: list[list[int]] = field(default_factory=list, compare=False)
+
+
+class Engine(Protocol):
+    """What the metrics need from a loaded engine."""
+
+    def generate(self, prompt_ids: list[int], new_tokens: int, batch_size: int,
+                 now: Callable[[], float]) -> EngineTiming: ...
+
+    def continuation(self, prompt_ids: list[int], max_new_tokens: int, eos: set[int]) -> list[int]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+def default_threads() -> int:
+    """torch's intra-op thread count: the torch backend's, so both run on as many cores."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def require_package(backend: str) -> None:
+    """Raise :class:`EngineUnavailable` with the install command when the engine's Python
+    package is missing (checked without importing it)."""
+    module = _MODULE[backend]
+    try:
+        missing = importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):  # a None entry in sys.modules (blocked), a broken install
+        missing = True
+    if missing:
+        raise EngineUnavailable(f"backend {backend} needs the {module} package, which is not installed; "
+                                f"install it with: {INSTALL[backend]}")
+
+
+def artifact(ctx: Any, backend: str) -> Path:
+    """The run's export that ``backend`` loads, or :class:`EngineUnavailable` saying why
+    there is none (the suite does not export it, or the export was unavailable/failed)."""
+    target = EXPORT_OF[backend]
+    record = (getattr(ctx, "exports", None) or {}).get(target)
+    if record is None:
+        raise EngineUnavailable(f"backend {backend} runs the run's {target} export, and this run has none: "
+                                f"add `export: [{target}]` to the suite (or to this pipeline)")
+    if record.status != "ok" or not record.path:
+        raise EngineUnavailable(f"the run's {target} export is {record.status}: {record.reason}")
+    path = Path(record.path)
+    if not path.exists():
+        raise EngineUnavailable(f"the run's {target} export {path} no longer exists")
+    return path
+
+
+def open_engine(backend: str, ctx: Any, n_ctx: int, threads: int | None, **options: Any) -> Engine:
+    """Load the run's artifact in ``backend``. Raises :class:`EngineUnavailable`."""
+    require_package(backend)
+    path = artifact(ctx, backend)
+    if backend == "llama.cpp":
+        from paqbench.engines.llamacpp import LlamaCppEngine
+
+        return LlamaCppEngine(path, n_ctx, threads or default_threads())
+    if backend == "vllm":
+        from paqbench.engines.vllm import VllmEngine
+
+        return VllmEngine(path, n_ctx, **options)
+    raise ValueError(f"unknown engine backend {backend!r}")
+
+
+def missing_exports(backend: str, exports: list[str]) -> str | None:
+    """The export target ``backend`` needs when ``exports`` lacks it (for validation)."""
+    target = EXPORT_OF.get(backend)
+    return target if target is not None and target not in exports else None
+
