@@ -15,7 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+
+try:  # compressed-tensors >= 0.20 (what this was tested with)
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+except ImportError:  # older releases kept it beside the compressor
+    from compressed_tensors.compressors.quantized_compressors.pack_quantized import pack_to_int32
 
 from paqbench.export.grid import IntegerGrid, block_groups, dividing_group_size, per_block
 

@@ -50,7 +50,7 @@ def export_compressed(model: nn.Module, tokenizer: Any, directory: Path) -> Expo
         tokenizer.save_pretrained(str(directory))
     record.bytes = sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
     record.extra["weights_bytes"] = (directory / WEIGHTS_FILE).stat().st_size
-    record.extra["vllm"] = "untested on hardware" if not record.notes else "see notes"
+    record.extra["vllm"] = "the format vLLM loads; untested on hardware (no GPU run yet)"
     return record
 
 
