@@ -12,6 +12,7 @@ import sys
 import gguf
 import numpy as np
 import pytest
+import torch
 
 from paqbench.export import export_model
 from paqbench.export.record import ExportRecord
@@ -98,6 +99,21 @@ def test_llama_cpp_reference_is_the_torch_path_timed_in_alternation(exported, ll
     assert got["decode_speedup"].value == 2.0 and got["prefill_speedup"].value == 2.0
     assert got["torch_decode_tokens_per_s"].value == 8.0 and got["torch_prefill_tokens_per_s"].value == 32.0
     assert got["tpot"].value == 0.0625  # the engine's own numbers are unchanged by the pairing
+    assert got["decode_speedup"].details["reference_dtype"] == "float32"
+
+
+def test_reference_dtype_times_a_cast_copy_and_leaves_the_run_model(exported, llama_cpp, monkeypatch):
+    model, ctx = exported
+    now = FakeTime()
+    _engine_costs(monkeypatch, llama_cpp, now, prefill_s=0.25, step_s=0.0625)
+    costing(model, now, prefill_s=0.5, step_s=0.25)  # the copy keeps the hook: the same fake costs
+    params = Latency.Params(backend="llama.cpp", reference=True, reference_dtype="bfloat16", **FAKE)
+    got = _by_name(Latency(now=now).measure(model, params, ctx))
+    assert got["decode_speedup"].value == 4.0
+    assert got["decode_speedup"].details["reference_dtype"] == "bfloat16"
+    assert next(model.parameters()).dtype == torch.float32
+    with pytest.raises(ValueError, match="reference_dtype applies"):
+        Latency.Params(reference=True, reference_dtype="bfloat16")
 
 
 def test_no_gguf_export_makes_every_measurement_unavailable_with_the_fix(make_context, llama_cpp):

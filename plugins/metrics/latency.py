@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -76,10 +76,18 @@ class LatencyParams(Params):
         None, gt=0, description="llama.cpp threads (prompt and decode); default: torch's thread count"
     )
 
+    reference_dtype: Literal["model", "bfloat16", "float16"] = Field(
+        "model", description="engine backends: run the torch reference on a copy of the model cast to this dtype "
+        "(bfloat16: the CPU int4/int8 kernels), leaving the run's model and its export as they are"
+    )
+
     @model_validator(mode="after")
     def _engine_batch(self) -> LatencyParams:
         if self.backend == "llama.cpp" and self.batch_size != 1:
             raise ValueError("the llama.cpp backend generates one row: batch_size must be 1")
+        if self.reference_dtype != "model" and (self.backend == "torch" or not self.reference):
+            raise ValueError("reference_dtype applies to the torch reference of an engine backend "
+                             "(backend llama.cpp or vllm with reference: true)")
         return self
 
 
@@ -389,6 +397,19 @@ def iteration_bounds(
     return (min(min_iterations, cap) if cap is not None else min_iterations), cap
 
 
+def _torch_reference(model: torch.nn.Module, dtype: str) -> torch.nn.Module:
+    """The model itself, or a copy cast to ``dtype`` (codes and scales kept, as ``cast`` does)."""
+    if dtype == "model":
+        return model
+    import copy
+
+    reference = copy.deepcopy(model).to(dtype=getattr(torch, dtype))
+    config = getattr(reference, "config", None)
+    if config is not None:
+        config.dtype = getattr(torch, dtype)
+    return reference
+
+
 def _engine_loop(engine, model: torch.nn.Module, setup: GenerationSetup, ids: list[int], clock: Clock,
                  params: LatencyParams, min_iterations: int, cap: int | None):
     """Warm-up and timed engine calls under :func:`repeat_until`; with ``params.reference``,
@@ -542,9 +563,10 @@ class Latency(Metric):
             return
         clock = Clock(torch.device("cpu"), self.now)
         min_iterations, cap = iteration_bounds(params.min_iterations, params.max_iterations, ctx.limit)
+        reference = _torch_reference(model, params.reference_dtype) if params.reference else model
         try:
             timings, warmups, reference_timings, wall_s = _engine_loop(
-                engine, model, setup, ids, clock, params, min_iterations, cap)
+                engine, reference, setup, ids, clock, params, min_iterations, cap)
             details = setup.describe(model) | engine.describe() | {
                 "timer": clock.kind, "iterations": len(timings), "measured_wall_s": wall_s,
                 "warmup": params.warmup, "min_iterations": min_iterations, "min_seconds": params.min_seconds,
@@ -556,8 +578,13 @@ class Latency(Metric):
             details.pop(key, None)  # the torch model's, not the engine's
         yield from self._report(timings, warmups, [], params, details)
         if reference_timings:
-            torch_details = details | {"reference": "paqbench's torch forward of this run's model (the same "
-                                       "codes), timed in alternation with the engine (A B, B A, ...)"}
+            torch_details = details | {
+                "reference": "paqbench's torch forward of this run's model (the same codes), timed in alternation "
+                             "with the engine (A B, B A, ...); speedup = torch time / engine time per pair",
+                "reference_dtype": str(next(reference.parameters()).dtype).removeprefix("torch."),
+                "reference_kernels": kernels_in_use(reference) or None,
+                "torch_threads": torch.get_num_threads(),
+            }
             for name in ("decode_tokens_per_s", "prefill_tokens_per_s"):
                 rates = [getattr(derive_rates(t.ttft_s, t.e2e_s, params.prompt_tokens, params.new_tokens,
                                               params.batch_size), name) for t in reference_timings]
