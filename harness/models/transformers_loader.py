@@ -38,7 +38,9 @@ def load_pretrained(
         common["trust_remote_code"] = True
     if gguf_file:
         common["gguf_file"] = gguf_file
-    kwargs: dict[str, Any] = {**common, _dtype_kwarg(): dtype, **config.options}
+    # trust_remote_code comes only from its own key (the schema refuses it in options too).
+    options = {key: value for key, value in config.options.items() if key != "trust_remote_code"}
+    kwargs: dict[str, Any] = {**common, _dtype_kwarg(): dtype, **options}
     if config.device_map is not None:
         kwargs["device_map"] = config.device_map
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
