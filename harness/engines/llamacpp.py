@@ -72,7 +72,8 @@ class EngineMemory:
     """What the child process that loaded the GGUF and generated used."""
 
     peak_rss: int
-    ru_maxrss: int
+    #: the child's own peak (``VmHWM``), None off Linux
+    hwm_rss: int | None
     rss_before_load: int
     samples: int
     info: dict[str, Any]
@@ -98,7 +99,7 @@ def measure_memory(path: Path, prompt_ids: list[int], new_tokens: int, threads: 
         raise EngineUnavailable(f"the llama.cpp memory child failed (exit {child.returncode}): {errors.strip()[-500:]}")
     info = json.loads(output.strip().splitlines()[-1])
     # the child's own high-water mark catches a peak between two samples
-    return EngineMemory(peak_rss=max(peak, info["ru_maxrss"]), ru_maxrss=info["ru_maxrss"],
+    return EngineMemory(peak_rss=max(peak, info["hwm_rss"] or 0), hwm_rss=info["hwm_rss"],
                         rss_before_load=info["rss_before_load"], samples=samples, info=info)
 
 

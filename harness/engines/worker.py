@@ -9,7 +9,6 @@ would load torch into the child and count its hundreds of MB as llama.cpp's.
 from __future__ import annotations
 
 import json
-import resource
 import sys
 
 import numpy as np
@@ -31,10 +30,23 @@ def main() -> None:
         row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
         llm.eval([int(row.argmax())])
     llm.close()
-    # ru_maxrss is in KiB on Linux
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"ru_maxrss": peak, "rss_before_load": before, "llama_cpp_version": llama_cpp.__version__,
-                      "threads": threads}))
+    print(json.dumps({"hwm_rss": high_water_rss(), "rss_before_load": before,
+                      "llama_cpp_version": llama_cpp.__version__, "threads": threads}))
+
+
+def high_water_rss() -> int | None:
+    """This process image's peak RSS (Linux ``VmHWM``), or None where there is none.
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries the parent's high-water mark across
+    ``fork``/``vfork`` + ``exec`` into it, so a child of a 4 GB process reports 4 GB."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 if __name__ == "__main__":

@@ -222,7 +222,7 @@ class Memory(Metric):
         yield self.make("peak_rss", used.peak_rss, "bytes", "lower", details=engine | {
             "window": "a child process that imports llama-cpp-python, loads the GGUF and generates "
                       "new_tokens greedily (no torch in it)",
-            "rss_before_load": used.rss_before_load, "ru_maxrss": used.ru_maxrss, "rss_samples": used.samples,
+            "rss_before_load": used.rss_before_load, "hwm_rss": used.hwm_rss, "rss_samples": used.samples,
             "sample_interval_s": params.sample_interval})
         reason = "the llama.cpp backend runs on the CPU here"
         for name in ("peak_allocated", "peak_reserved", "process_vram"):
