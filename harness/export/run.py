@@ -32,8 +32,9 @@ CT_INSTALL = "pip install 'compressed-tensors>=0.20'"
 #: (Q8_0 / Q8_1) for quantized weights, so its logits differ from a float engine's even on
 #: identical weights: the embedded SmolLM2 GGUF itself, run in llama.cpp against its own
 #: weights dequantized in transformers, agrees on top-1 at about 97.5% of positions
-#: (docs/export.md). transformers dequantizes to float and agrees almost exactly.
-TOLERANCES = {"compressed-tensors": Tolerance(ppl_rel=0.005, top1=0.99), "gguf": Tolerance(ppl_rel=0.005, top1=0.97)}
+#: (docs/export.md), and exports of RTN / GPTQ W4 g32 at 97-98%; the top-1 bound leaves
+#: room below that floor. transformers dequantizes to float and agrees almost exactly.
+TOLERANCES = {"compressed-tensors": Tolerance(ppl_rel=0.005, top1=0.99), "gguf": Tolerance(ppl_rel=0.005, top1=0.95)}
 
 
 class TargetUnavailable(RuntimeError):
