@@ -148,3 +148,10 @@ def test_unwritable_output_and_unknown_target(tmp_path):
     outcome = export_model(tiny_quantized(), byte_tokenizer(), ["gguf", "onnx"], blocker)
     assert [r.status for r in outcome.records] == ["unavailable", "unavailable"]
     assert "not writable" in outcome.records[0].reason and "unknown export target" in outcome.records[1].reason
+
+
+def test_rope_scaling_is_unavailable_not_written_wrong(tmp_path):
+    model = tiny_quantized()
+    model.config.rope_parameters = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}
+    [record] = export_model(model, byte_tokenizer(), ["gguf"], tmp_path).records
+    assert record.status == "unavailable" and "llama3" in record.reason

@@ -25,6 +25,10 @@ def check_llama(config: Any) -> None:
         )
     if getattr(config, "paqbench_structure", None):
         raise UnsupportedModel("per-block sizes (config.paqbench_structure) have no llama GGUF form here")
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    kind = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    if kind not in (None, "default"):
+        raise UnsupportedModel(f"rope scaling {kind!r} is not written to GGUF here (llama.cpp needs rope_freqs)")
 
 
 def add_hyperparameters(writer: gguf.GGUFWriter, config: Any) -> None:
