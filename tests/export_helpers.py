@@ -18,7 +18,7 @@ needs_llama_cpp = pytest.mark.skipif(
 )
 needs_compressed_tensors = pytest.mark.skipif(
     importlib.util.find_spec("compressed_tensors") is None,
-    reason="compressed-tensors is not installed (pip install 'compressed-tensors>=0.20')",
+    reason="compressed-tensors is not installed (pip install 'compressed-tensors>=0.20'); CI installs it",
 )
 
 

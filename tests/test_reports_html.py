@@ -114,8 +114,10 @@ def test_samples_side_by_side_runs_and_environment(page):
 
 # -- a real browser ------------------------------------------------------------------------------
 
-needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(),
-                                    reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium); CI installs it",
+)
 
 #: Appended to a copy of the page: click the perplexity header twice, as a person would.
 CLICK = """<script>
