@@ -1,0 +1,91 @@
+"""HQQ: data-free half-quadratic quantization (Badri & Shaji 2023) into a QuantizedLinear.
+
+Optimizes each group's zero point against an lp-norm (p < 1) error model by proximal
+iterations, without calibration data; see :mod:`paqbench.quant.hqq` for the algorithm and
+how its float zero is put on paqbench's integer grid.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, field_validator
+
+from paqbench import Method, Params, hookimpl
+from paqbench.layers import check_supported, get_mask, select_targets
+from paqbench.quant.hqq import HQQConfig, quantize_hqq
+from paqbench.quant.linear import QuantizedLinear, replace_module
+from paqbench.quant.quantizer import QuantConfig, keep_mask
+
+from .rtn import summarize
+
+
+class HQQParams(Params):
+    bits: Literal[2, 3, 4, 5, 6, 7, 8] = Field(4, description="bits per weight code (2 to 8)")
+    group_size: int = Field(
+        128, ge=-1, description="input columns sharing one scale and zero point; -1: one per output channel. "
+        "A width it does not divide gets a shorter last group"
+    )
+    lp_norm: float = Field(0.7, gt=0.0, le=1.0, description="p of the lp-norm error model (p < 1: sparse errors)")
+    beta: float = Field(10.0, gt=0.0, description="initial weight of the quadratic (half-quadratic) term")
+    kappa: float = Field(1.01, ge=1.0, description="beta grows by this factor every iteration")
+    iterations: int = Field(20, ge=1, description="most proximal iterations (stops early when no group improves)")
+    targets: str | None = Field(
+        None, description="regex over module names; default: the Linear layers inside decoder blocks"
+    )
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_size_not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("group_size must be positive, or -1 for one group per output channel")
+        return value
+
+    def quant_config(self) -> QuantConfig:
+        return QuantConfig(bits=self.bits, group_size=self.group_size, symmetric=False)
+
+    def solver(self) -> HQQConfig:
+        return HQQConfig(lp_norm=self.lp_norm, beta=self.beta, kappa=self.kappa, iterations=self.iterations)
+
+
+class HQQ(Method):
+    name = "hqq"
+    family = "quantize"
+    description = (
+        "Half-quadratic quantization (HQQ, data-free): asymmetric grid per group of `group_size` input columns, "
+        "`bits` 2-8; starting from the min-max grid, each group's zero point is optimized against an lp-norm "
+        "(p<1) error by proximal iterations, then rounded to an integer code and the scale refitted by least "
+        "squares; a group keeps the RTN grid where HQQ's would not lower its error. Stored as a packed "
+        "QuantizedLinear (same kernels, storage and export as rtn). Pruned weights stay exactly zero. "
+        "No calibration; cost: ~20 vectorized passes over the weights (seconds for a 135M model)."
+    )
+    Params = HQQParams
+    accepts = frozenset({"dense", "pruned"})
+
+    @torch.no_grad()
+    def apply(self, model: torch.nn.Module, params: HQQParams, ctx) -> dict[str, object]:
+        config, solver = params.quant_config(), params.solver()
+        targets = select_targets(model, params.targets)
+        check_supported(targets, self.accepts, self.name, ctx.current_step)
+        names = list(targets)
+        del targets  # hold no reference to a replaced float layer
+        layers: dict[str, QuantizedLinear] = {}
+        groups = hqq_groups = 0
+        for name in ctx.progress(names, "hqq", total=len(names)):
+            linear = model.get_submodule(name)
+            result = quantize_hqq(linear.weight, config, keep_mask(linear), solver)
+            layer = QuantizedLinear.from_quantized(result.quantized, linear.bias, get_mask(linear),
+                                                   dtype=linear.weight.dtype)
+            replace_module(model, name, layer)
+            layers[name] = layer
+            groups += result.groups
+            hqq_groups += result.hqq_groups
+        facts = summarize(layers)
+        facts["hqq_group_fraction"] = hqq_groups / groups if groups else 0.0
+        return facts
+
+
+@hookimpl
+def paqbench_register_methods(register):
+    register(HQQ)
