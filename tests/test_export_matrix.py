@@ -22,6 +22,7 @@ from paqbench.layers.sparsity import get_mask, set_mask
 from paqbench.layers.structured import InputSelect, OutputScatter, install, prune_channels
 from paqbench.models.embedded import byte_tokenizer, tiny_random_llama
 from paqbench.quant.embedding import QuantizedEmbedding, TiedQuantizedHead, tie_quantized_head
+from paqbench.quant.fp8 import FP8Linear
 from paqbench.quant.linear import QuantizedLinear, replace_module
 from paqbench.quant.lut import LUTLinear
 from paqbench.quant.nf4 import NF4Linear
@@ -72,6 +73,7 @@ BUILDERS: dict[str, tuple[type[nn.Module], Callable[[], nn.Module]]] = {
     "LUTLinear": (LUTLinear, lambda: _each_linear(lambda lin: LUTLinear.from_linear(lin, 3, iterations=3))),
     "VQLinear": (VQLinear, lambda: _each_linear(lambda lin: VQLinear.from_linear(lin, 6, 2, iterations=3))),
     "Int8DynamicLinear": (Int8DynamicLinear, lambda: _each_linear(Int8DynamicLinear.from_linear)),
+    "FP8Linear": (FP8Linear, lambda: _each_linear(FP8Linear.from_linear)),
     "QuantizedEmbedding": (QuantizedEmbedding, lambda: _embedding(tied=False)),
     "TiedQuantizedHead": (TiedQuantizedHead, lambda: _embedding(tied=True)),
     "InputSelect": (InputSelect, lambda: _wrapped("input")),

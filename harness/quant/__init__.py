@@ -9,13 +9,15 @@
 - :mod:`paqbench.quant.gptq`: the GPTQ algorithm on one weight matrix.
 - :mod:`paqbench.quant.awq`: AWQ's scale search, folding and clip search.
 - :mod:`paqbench.quant.w8a8`: int8 weights with int8 per-token activations.
+- :mod:`paqbench.quant.hqq`: HQQ's half-quadratic zero-point optimization (data-free).
+- :mod:`paqbench.quant.fp8`: FP8 (E4M3) weights, optional FP8 dynamic activations.
 - :mod:`paqbench.quant.codebook`, :mod:`~paqbench.quant.nf4`, :mod:`~paqbench.quant.lut`,
   :mod:`~paqbench.quant.vq`: codebook formats (NF4, k-means tables, vector quantization).
 """
 
 # Every layer format registers how to rebuild itself from a checkpoint on import, so that
 # load_quantized knows all of them in any process.
-from paqbench.quant import embedding, lut, nf4, vq, w8a8  # noqa: F401  (registration)
+from paqbench.quant import embedding, fp8, lut, nf4, vq, w8a8  # noqa: F401  (registration)
 from paqbench.quant.linear import QuantizedLinear, load_quantized, register_format, replace_with_quantized
 from paqbench.quant.quantizer import QuantConfig, QuantizedWeight
 

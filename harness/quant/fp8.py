@@ -1,0 +1,309 @@
+"""FP8 (E4M3) weights, with optional FP8 activations quantized at run time.
+
+:class:`FP8Linear` replaces ``nn.Linear``. Persistent buffers (what ``save_pretrained``
+writes; safetensors stores ``float8_e4m3fn`` as ``F8_E4M3``, one byte per weight):
+
+=============  =============  ==========================================================
+buffer         dtype          shape and meaning
+=============  =============  ==========================================================
+weight_fp8     float8_e4m3fn  ``[out, in]`` the weight divided by its scale
+weight_scale   float32        ``[out]`` per channel, or ``[1]`` per tensor
+fp8_meta       int32          ``[in_features, out_features, activations]`` (the loading
+                              marker; activations 0 none, 1 per token, 2 per tensor)
+bias           (param)        ``[out]`` when the original layer had one
+=============  =============  ==========================================================
+
+``W = weight_fp8.float() * weight_scale``, with ``weight_scale = max|W| / 448`` (448 is
+E4M3's largest finite value) over the row or the whole tensor. E4M3 keeps 3 mantissa
+bits: a normal value is within a relative 2^-4 of its input. 0.0 is exact, so pruned
+weights stay exactly zero.
+
+Activations, quantized dynamically at every call: ``s = max|x| / 448`` per token (row) or
+over the whole input, ``x_q = fp8(x / s) * s``; ``none`` leaves them in float (weight-only).
+
+Forward paths (``kernel`` names the one in use):
+
+- ``reference``: exact emulation, everywhere: the weight dequantized to float32, the
+  activations rounded through ``float8_e4m3fn`` with their scale, a float32 matmul.
+- ``scaled_mm-cuda``: ``torch._scaled_mm`` (an FP8 tensor-core GEMM) on CUDA devices of
+  compute capability >= 8.9 with FP8 activations and widths that are multiples of 16.
+  Guarded and falls back to the reference on any error. **Untested on hardware here**
+  (written against torch's documented signature, no FP8 GPU was available).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from paqbench.layers.sparsity import MASK_BUFFER, get_mask
+from paqbench.quant import kernels
+from paqbench.quant.linear import register_format
+from paqbench.quant.quantizer import keep_mask
+
+if TYPE_CHECKING:
+    from paqbench.export.capability import Capability
+
+FP8 = torch.float8_e4m3fn
+#: Largest finite E4M3 value.
+FP8_MAX = float(torch.finfo(FP8).max)
+ACTIVATIONS = ("none", "per-token", "per-tensor")
+SCALED_MM = "scaled_mm-cuda"
+_BUFFERS = ("weight_fp8", "weight_scale", "fp8_meta")
+
+
+def to_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x / scale`` rounded to E4M3 (clamped to the finite range: the cast would give NaN)."""
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+
+
+def amax_scale(x: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """``max|x| / 448`` over ``dim`` (kept) or the whole tensor (shape ``[1]``); 1 where all zero."""
+    magnitude = x.detach().float().abs()
+    amax = magnitude.amax().reshape(1) if dim is None else magnitude.amax(dim, keepdim=True)
+    return torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+
+
+def quantize_weight(
+    weight: torch.Tensor, per_channel: bool = True, keep: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """E4M3 codes ``[out, in]`` and float32 scales (``[out]`` or ``[1]``); where ``keep`` is
+    False the weight is exactly 0."""
+    weight = weight.detach().float()
+    if keep is not None:
+        weight = weight * keep.to(device=weight.device, dtype=torch.bool)
+    scale = amax_scale(weight, 1 if per_channel else None)
+    return to_fp8(weight, scale), scale.reshape(-1)
+
+
+def fake_quantize_activations(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """``x`` (float32 ``[m, in]``) rounded through E4M3 with its dynamic scale, in float32."""
+    if mode == "none":
+        return x
+    scale = amax_scale(x, 1 if mode == "per-token" else None)
+    return to_fp8(x, scale).float() * scale
+
+
+class FP8Linear(nn.Module):
+    """A linear layer with E4M3 weights (one byte each) and optional E4M3 activations."""
+
+    paqbench_layer_kind = "quantized"
+
+    def __init__(
+        self, in_features: int, out_features: int, *, activations: str = "per-token", per_channel: bool = True,
+        bias: bool = False, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+    ) -> None:
+        """An empty layer (weights zero, scales one), ready for ``load_state_dict``; use
+        :meth:`from_linear` to fill one."""
+        super().__init__()
+        if activations not in ACTIVATIONS:
+            raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
+        self.in_features, self.out_features, self.activations = in_features, out_features, activations
+        self.register_buffer("weight_fp8", torch.zeros(out_features, in_features, dtype=FP8, device=device))
+        scales = out_features if per_channel else 1
+        self.register_buffer("weight_scale", torch.ones(scales, dtype=torch.float32, device=device))
+        self.register_buffer("fp8_meta", torch.zeros(3, dtype=torch.int32, device=device))
+        self._write_meta()
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device))
+        else:
+            self.register_parameter("bias", None)
+        #: The forward path in use (see the module docstring).
+        self.kernel = kernels.REFERENCE
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, activations: str = "per-token", per_channel: bool = True) -> FP8Linear:
+        """Quantize ``linear``; its recorded mask (or exact zeros) stays exactly zero and the
+        mask is carried over for later pruning steps."""
+        weight = linear.weight
+        layer = cls(linear.in_features, linear.out_features, activations=activations, per_channel=per_channel,
+                    bias=linear.bias is not None, device=weight.device, dtype=weight.dtype)
+        layer.weight_fp8, layer.weight_scale = quantize_weight(weight, per_channel, keep_mask(linear))
+        if linear.bias is not None:
+            layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
+        mask = get_mask(linear)
+        if mask is not None:
+            layer.register_buffer(MASK_BUFFER, mask.to(torch.bool).clone(), persistent=False)
+        return layer
+
+    @property
+    def per_channel(self) -> bool:
+        return self.weight_scale.numel() == self.out_features and self.out_features > 1
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight ``[out, in]``."""
+        scale = self.weight_scale.float()
+        return self.weight_fp8.float() * (scale[:, None] if scale.numel() > 1 else scale)
+
+    def export_capability(self, target: str) -> Capability:
+        """Not exported: compressed-tensors' ``float-quantized`` format (what vLLM loads) is
+        not written by paqbench's exporter yet, and GGUF has no FP8 tensor type."""
+        from paqbench.export.capability import check_target, unavailable
+
+        check_target(target)
+        if target == "gguf":
+            return unavailable("GGUF has no FP8 tensor type")
+        return unavailable("FP8 (compressed-tensors float-quantized) export is not implemented in paqbench")
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        out = self._scaled_mm(rows) if self._use_scaled_mm(rows) else None
+        if out is None:
+            self.kernel = kernels.REFERENCE
+            out = F.linear(fake_quantize_activations(rows.float(), self.activations), self.dequantize())
+        out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out
+
+    def _use_scaled_mm(self, rows: torch.Tensor) -> bool:
+        if rows.device.type != "cuda" or self.activations == "none" or kernels.policy() == kernels.REFERENCE:
+            return False
+        if not hasattr(torch, "_scaled_mm") or self.in_features % 16 or self.out_features % 16:
+            return False
+        return torch.cuda.get_device_capability(rows.device) >= (8, 9)
+
+    def _scaled_mm(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """FP8 GEMM via ``torch._scaled_mm`` (untested on hardware here); None on any error."""
+        try:
+            per_token = self.activations == "per-token"
+            x_scale = amax_scale(rows, 1 if per_token else None)
+            xq = to_fp8(rows, x_scale)
+            w_scale = self.weight_scale.float()
+            w_scale = w_scale[None, :] if per_token else w_scale.reshape(())
+            if not per_token:
+                x_scale = x_scale.reshape(())
+                if self.per_channel:
+                    return None  # per-tensor activations with per-channel weights: no single-call form
+            out = torch._scaled_mm(xq, self.weight_fp8.T, scale_a=x_scale, scale_b=w_scale, out_dtype=torch.bfloat16)
+        except (RuntimeError, TypeError, ValueError):
+            return None
+        self.kernel = SCALED_MM
+        return out.float()
+
+    def _write_meta(self) -> None:
+        mode = ACTIVATIONS.index(self.activations)
+        self.fp8_meta = torch.tensor([self.in_features, self.out_features, mode], dtype=torch.int32,
+                                     device=self.weight_fp8.device)
+
+    # ------------------------------------------------------------------ editing (pruning)
+
+    @torch.no_grad()
+    def zero_weights(self, keep: torch.Tensor) -> None:
+        """Unstructured pruning: weights where ``keep`` is False become exactly 0.0; the
+        mask is recorded, combined with any earlier one."""
+        if tuple(keep.shape) != (self.out_features, self.in_features):
+            raise ValueError(
+                f"mask shape {tuple(keep.shape)} does not match weight {(self.out_features, self.in_features)}"
+            )
+        keep = keep.to(device=self.weight_fp8.device, dtype=torch.bool)
+        previous = get_mask(self)
+        if previous is not None:
+            keep = keep & previous
+        self.weight_fp8 = torch.where(keep, self.weight_fp8.float(), 0.0).to(FP8)
+        self._set_mask(keep)
+
+    @torch.no_grad()
+    def select_input_features(self, index: torch.Tensor) -> None:
+        """Keep the input columns ``index`` (in that order); scales are unchanged."""
+        index = self._check_index(index, self.in_features, "input")
+        self.weight_fp8 = self.weight_fp8.index_select(1, index).contiguous()
+        self.in_features = int(index.numel())
+        mask = get_mask(self)
+        if mask is not None:
+            self._set_mask(mask.index_select(1, index))
+        self._write_meta()
+
+    @torch.no_grad()
+    def select_output_features(self, index: torch.Tensor) -> None:
+        """Keep the output rows ``index`` (in that order) with their scales and bias."""
+        index = self._check_index(index, self.out_features, "output")
+        per_channel = self.per_channel
+        self.weight_fp8 = self.weight_fp8.index_select(0, index).contiguous()
+        if per_channel:
+            self.weight_scale = self.weight_scale.index_select(0, index).contiguous()
+        if self.bias is not None:
+            self.bias = nn.Parameter(self.bias.detach().index_select(0, index), requires_grad=self.bias.requires_grad)
+        self.out_features = int(index.numel())
+        mask = get_mask(self)
+        if mask is not None:
+            self._set_mask(mask.index_select(0, index))
+        self._write_meta()
+
+    def _check_index(self, index: torch.Tensor, size: int, what: str) -> torch.Tensor:
+        index = torch.as_tensor(index, device=self.weight_fp8.device)
+        if index.dim() != 1 or index.dtype not in (torch.int64, torch.int32):
+            raise TypeError(
+                f"{what} index must be a 1-D integer tensor, got {index.dtype} of shape {tuple(index.shape)}"
+            )
+        if index.numel() == 0:
+            raise ValueError(f"selecting no {what} features would leave an empty layer")
+        if int(index.min()) < 0 or int(index.max()) >= size:
+            raise IndexError(f"{what} index out of range for {size} features")
+        return index.long()
+
+    def _set_mask(self, keep: torch.Tensor) -> None:
+        if get_mask(self) is None:
+            self.register_buffer(MASK_BUFFER, keep, persistent=False)
+        else:
+            setattr(self, MASK_BUFFER, keep)
+
+    # ------------------------------------------------------------------ accounting
+
+    def paqbench_numel(self) -> int:
+        """Logical parameters: the weights this layer stands for, plus the bias."""
+        return self.out_features * self.in_features + (self.bias.numel() if self.bias is not None else 0)
+
+    @torch.no_grad()
+    def paqbench_nonzero(self) -> int:
+        """Nonzero weights plus nonzero bias entries."""
+        nonzero = int(torch.count_nonzero(self.weight_fp8.float()))
+        if self.bias is not None:
+            nonzero += int(torch.count_nonzero(self.bias))
+        return nonzero
+
+    def paqbench_storage_bits(self) -> int:
+        """Bits stored: one byte per weight, float32 scales, the metadata row and the bias."""
+        tensors = [getattr(self, name) for name in _BUFFERS]
+        if self.bias is not None:
+            tensors.append(self.bias)
+        return sum(t.numel() * t.element_size() * 8 for t in tensors)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"activations={self.activations}, per_channel={self.per_channel}, "
+                f"bias={self.bias is not None}, kernel={self.kernel}")
+
+    def _apply(self, fn: Any, recurse: bool = True) -> FP8Linear:
+        """``model.to(dtype)`` casts the bias but neither the FP8 weights nor the float32
+        scales (the stored format); device moves apply to everything."""
+        weight, scales = self.weight_fp8, self.weight_scale
+        result = super()._apply(fn, recurse)
+        device = fn(torch.empty(0, dtype=torch.float32, device=scales.device)).device
+        self.weight_fp8, self.weight_scale = weight.to(device=device), scales.to(device=device)
+        return result
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def empty_from_state(cls, state_dict: Mapping[str, torch.Tensor], name: str, device: torch.device) -> FP8Linear:
+        """An empty layer of the layout saved under ``name`` in ``state_dict``."""
+        in_features, out_features, mode = (int(v) for v in state_dict[f"{name}.fp8_meta"].tolist())
+        bias = state_dict.get(f"{name}.bias")
+        per_channel = state_dict[f"{name}.weight_scale"].numel() == out_features and out_features > 1
+        return cls(in_features, out_features, activations=ACTIVATIONS[mode], per_channel=per_channel,
+                   bias=bias is not None, device=device, dtype=bias.dtype if bias is not None else torch.float32)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        in_features, out_features, mode = (int(v) for v in self.fp8_meta.tolist())
+        self.in_features, self.out_features, self.activations = in_features, out_features, ACTIVATIONS[mode]
+
+
+register_format("fp8_meta", FP8Linear)

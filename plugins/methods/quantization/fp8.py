@@ -1,0 +1,66 @@
+"""FP8 (E4M3): one-byte float weights per channel or per tensor, with dynamic FP8
+activations per token or per tensor, or weight-only."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from paqbench import Method, Params, hookimpl
+from paqbench.layers import check_supported, select_targets
+from paqbench.quant.fp8 import FP8Linear
+from paqbench.quant.linear import replace_module
+
+
+class FP8Params(Params):
+    weight_scale: Literal["per-channel", "per-tensor"] = Field(
+        "per-channel", description="one float32 weight scale per output channel, or one for the whole tensor"
+    )
+    activations: Literal["per-token", "per-tensor", "none"] = Field(
+        "per-token", description="dynamic E4M3 activations with a scale per token or per call; none: weight-only"
+    )
+    targets: str | None = Field(
+        None, description="regex over module names; default: the Linear layers inside decoder blocks"
+    )
+
+
+class FP8(Method):
+    name = "fp8"
+    family = "quantize"
+    description = (
+        "FP8 E4M3 quantization: each targeted Linear becomes an FP8Linear storing its weight as float8_e4m3fn "
+        "(one byte per weight) with a float32 scale per output channel (or per tensor); activations are rounded "
+        "to E4M3 at run time with a scale per token (default) or per tensor, or left in float (`activations: "
+        "none`, weight-only). Forward: exact float32 emulation (torch._scaled_mm on CUDA >= sm89, untested on "
+        "hardware here). Pruned weights stay exactly zero. No calibration; cost: one pass over the weights."
+    )
+    Params = FP8Params
+    accepts = frozenset({"dense", "pruned"})
+
+    @torch.no_grad()
+    def apply(self, model: torch.nn.Module, params: FP8Params, ctx) -> dict[str, object]:
+        targets = select_targets(model, params.targets)
+        check_supported(targets, self.accepts, self.name, ctx.current_step)
+        names = list(targets)
+        del targets
+        per_channel = params.weight_scale == "per-channel"
+        layers: dict[str, FP8Linear] = {}
+        for name in ctx.progress(names, "fp8", total=len(names)):
+            layer = FP8Linear.from_linear(model.get_submodule(name), params.activations, per_channel)
+            replace_module(model, name, layer)
+            layers[name] = layer
+        weights = sum(layer.out_features * layer.in_features for layer in layers.values())
+        bits = sum(layer.paqbench_storage_bits() for layer in layers.values())
+        return {
+            "layers": len(layers),
+            "bits_per_weight": bits / weights if weights else 0.0,
+            "activations": params.activations,
+            "weight_scale": params.weight_scale,
+        }
+
+
+@hookimpl
+def paqbench_register_methods(register):
+    register(FP8)
