@@ -58,7 +58,8 @@ class HQQ(Method):
         "(p<1) error by proximal iterations, then rounded to an integer code and the scale refitted by least "
         "squares; a group keeps the RTN grid where HQQ's would not lower its error. Stored as a packed "
         "QuantizedLinear (same kernels, storage and export as rtn). Pruned weights stay exactly zero. "
-        "No calibration; cost: ~20 vectorized passes over the weights (seconds for a 135M model)."
+        "No calibration; cost: up to 20 vectorized iterations over the weights (minutes for a 135M model on "
+        "a 2-core CPU)."
     )
     Params = HQQParams
     accepts = frozenset({"dense", "pruned"})
