@@ -31,7 +31,14 @@ def set_mask(module: nn.Module, keep: torch.Tensor) -> None:
     if previous is not None:
         keep = keep & previous
     weight.mul_(keep.to(weight.dtype))
-    if previous is None:
+    record_mask(module, keep)
+
+
+def record_mask(module: nn.Module, keep: torch.Tensor) -> None:
+    """Record ``keep`` as ``module``'s mask as it is, without touching any weight: for packed
+    layers, whose zeros already live in their codes, and for masks sliced by a structured edit."""
+    keep = keep.to(torch.bool)
+    if get_mask(module) is None:
         module.register_buffer(MASK_BUFFER, keep, persistent=False)
     else:
         setattr(module, MASK_BUFFER, keep)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paqbench.layers.sparsity import MASK_BUFFER, get_mask
+from paqbench.layers.sparsity import get_mask, record_mask
 from paqbench.quant import kernels
 
 if TYPE_CHECKING:
@@ -95,25 +95,10 @@ class CodebookLinear(nn.Module):
             keep = keep & previous.to(keep.device)
         return keep
 
-    def _check_index(self, index: torch.Tensor, size: int, what: str) -> torch.Tensor:
-        index = torch.as_tensor(index, device=self._device())
-        if index.dim() != 1 or index.dtype not in (torch.int64, torch.int32):
-            raise TypeError(
-                f"{what} index must be a 1-D integer tensor, got {index.dtype} of shape {tuple(index.shape)}"
-            )
-        if index.numel() == 0:
-            raise ValueError(f"selecting no {what} features would leave an empty layer")
-        if int(index.min()) < 0 or int(index.max()) >= size:
-            raise IndexError(f"{what} index out of range for {size} features")
-        return index.long()
 
     def _set_mask(self, keep: torch.Tensor | None) -> None:
-        if keep is None:
-            return
-        if get_mask(self) is None:
-            self.register_buffer(MASK_BUFFER, keep.to(torch.bool), persistent=False)
-        else:
-            setattr(self, MASK_BUFFER, keep.to(torch.bool))
+        if keep is not None:
+            record_mask(self, keep)
 
     def _slice_mask(self, index: torch.Tensor, dim: int) -> None:
         mask = get_mask(self)

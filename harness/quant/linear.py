@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paqbench.layers.sparsity import MASK_BUFFER, get_mask
+from paqbench.layers.index import check_feature_index
+from paqbench.layers.sparsity import MASK_BUFFER, get_mask, record_mask
 from paqbench.quant import kernels
 from paqbench.quant.packing import pack, packed_length, unpack
 from paqbench.quant.quantizer import (
@@ -233,7 +234,7 @@ class QuantizedLinear(nn.Module):
         codes = self.unpack_codes()
         zero = self.unpack_zeros().index_select(1, self.g_idx.long())
         self.qweight = pack(torch.where(keep, codes, zero), self.bits)
-        self._set_mask(keep)
+        record_mask(self, keep)
         self._invalidate()
 
     @torch.no_grad()
@@ -241,7 +242,7 @@ class QuantizedLinear(nn.Module):
         """Structured pruning of input columns: keep the columns ``index`` (in that order).
         Codes are unpacked, sliced and repacked; ``g_idx`` is sliced with them, and groups
         no column uses any more are dropped (their scales and zeros too)."""
-        index = self._check_index(index, self.in_features, "input")
+        index = check_feature_index(index, self.in_features, "input", self.qweight.device)
         codes = self.unpack_codes().index_select(1, index)
         used, g_idx = torch.unique(self.g_idx.index_select(0, index).long(), return_inverse=True)
         zeros = self.unpack_zeros().index_select(1, used)
@@ -252,14 +253,14 @@ class QuantizedLinear(nn.Module):
         self.qweight = pack(codes, self.bits)
         mask = get_mask(self)
         if mask is not None:
-            self._set_mask(mask.index_select(1, index))
+            record_mask(self, mask.index_select(1, index))
         self._invalidate()
 
     @torch.no_grad()
     def select_output_features(self, index: torch.Tensor) -> None:
         """Structured pruning of output rows: keep the rows ``index`` (in that order), with
         their scales, zeros and bias. Rows are packed independently: no repacking."""
-        index = self._check_index(index, self.out_features, "output")
+        index = check_feature_index(index, self.out_features, "output", self.qweight.device)
         self.qweight = self.qweight.index_select(0, index).contiguous()
         self.qzeros = self.qzeros.index_select(0, index).contiguous()
         self.scales = self.scales.index_select(0, index).contiguous()
@@ -268,26 +269,9 @@ class QuantizedLinear(nn.Module):
         self.out_features = int(index.numel())
         mask = get_mask(self)
         if mask is not None:
-            self._set_mask(mask.index_select(0, index))
+            record_mask(self, mask.index_select(0, index))
         self._invalidate()
 
-    def _check_index(self, index: torch.Tensor, size: int, what: str) -> torch.Tensor:
-        index = torch.as_tensor(index, device=self.qweight.device)
-        if index.dim() != 1 or index.dtype not in (torch.int64, torch.int32):
-            raise TypeError(
-                f"{what} index must be a 1-D integer tensor, got {index.dtype} of shape {tuple(index.shape)}"
-            )
-        if index.numel() == 0:
-            raise ValueError(f"selecting no {what} features would leave an empty layer")
-        if int(index.min()) < 0 or int(index.max()) >= size:
-            raise IndexError(f"{what} index out of range for {size} features")
-        return index.long()
-
-    def _set_mask(self, keep: torch.Tensor) -> None:
-        if get_mask(self) is None:
-            self.register_buffer(MASK_BUFFER, keep, persistent=False)
-        else:
-            setattr(self, MASK_BUFFER, keep)
 
     # ------------------------------------------------------------------ accounting
 

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from paqbench.layers.index import check_feature_index
 from paqbench.layers.sparsity import get_mask
 from paqbench.quant.codebook import CodebookLinear, lloyd_1d, nearest_sorted, used_and_inverse
 from paqbench.quant.linear import register_format
@@ -206,7 +207,7 @@ class LUTLinear(CodebookLinear):
     def select_input_features(self, index: torch.Tensor) -> None:
         """Keep the input columns ``index`` (in that order); tables of groups no column
         uses any more are dropped."""
-        index = self._check_index(index, self.in_features, "input")
+        index = check_feature_index(index, self.in_features, "input", self._device())
         codes = self.unpack_codes().index_select(1, index)
         used, self.g_idx = used_and_inverse(self.g_idx.index_select(0, index))
         self.lut = self.lut.index_select(1, used).contiguous()
@@ -218,7 +219,7 @@ class LUTLinear(CodebookLinear):
     @torch.no_grad()
     def select_output_features(self, index: torch.Tensor) -> None:
         """Keep the output rows ``index`` (in that order), with their tables and bias."""
-        index = self._check_index(index, self.out_features, "output")
+        index = check_feature_index(index, self.out_features, "output", self._device())
         self.qweight = self.qweight.index_select(0, index).contiguous()
         self.lut = self.lut.index_select(0, index).contiguous()
         self._slice_bias(index)

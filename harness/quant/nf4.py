@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paqbench.layers.index import check_feature_index
 from paqbench.layers.sparsity import get_mask
 from paqbench.quant import kernels
 from paqbench.quant.codebook import CodebookLinear, used_and_inverse
@@ -298,7 +299,7 @@ class NF4Linear(CodebookLinear):
     def select_input_features(self, index: torch.Tensor) -> None:
         """Keep the input columns ``index`` (in that order): codes and ``g_idx`` are
         sliced, absmax blocks (and double-quant tile columns) no column uses are dropped."""
-        index = self._check_index(index, self.in_features, "input")
+        index = check_feature_index(index, self.in_features, "input", self._device())
         codes = self.unpack_codes().index_select(1, index)
         used, self.g_idx = used_and_inverse(self.g_idx.index_select(0, index))
         if self.double_quant:
@@ -315,7 +316,7 @@ class NF4Linear(CodebookLinear):
     @torch.no_grad()
     def select_output_features(self, index: torch.Tensor) -> None:
         """Keep the output rows ``index`` (in that order), with their absmax, tiles and bias."""
-        index = self._check_index(index, self.out_features, "output")
+        index = check_feature_index(index, self.out_features, "output", self._device())
         self.qweight = self.qweight.index_select(0, index).contiguous()
         if self.double_quant:
             self.qabsmax = self.qabsmax.index_select(0, index).contiguous()

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from paqbench.layers.index import check_feature_index
 from paqbench.layers.sparsity import get_mask
 from paqbench.quant.codebook import CodebookLinear, assign, kmeans, used_and_inverse
 from paqbench.quant.linear import register_format
@@ -222,7 +223,7 @@ class VQLinear(CodebookLinear):
     def select_input_features(self, index: torch.Tensor) -> None:
         """Keep the input columns ``index`` (in that order) without re-encoding: vectors
         with a kept column stay whole, ``col_index`` points into them, the rest are dropped."""
-        index = self._check_index(index, self.in_features, "input")
+        index = check_feature_index(index, self.in_features, "input", self._device())
         columns = self.col_index.long().index_select(0, index)
         used, vector = used_and_inverse(columns // self.dim)
         codes = self.unpack_codes().index_select(1, used)
@@ -239,7 +240,7 @@ class VQLinear(CodebookLinear):
     @torch.no_grad()
     def select_output_features(self, index: torch.Tensor) -> None:
         """Keep the output rows ``index`` (in that order); codebooks no row uses are dropped."""
-        index = self._check_index(index, self.out_features, "output")
+        index = check_feature_index(index, self.out_features, "output", self._device())
         self.qweight = self.qweight.index_select(0, index).contiguous()
         used, self.r_idx = used_and_inverse(self.r_idx.index_select(0, index))
         self.codebooks = self.codebooks.index_select(0, used).contiguous()

@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from paqbench.layers.sparsity import MASK_BUFFER, get_mask
+from paqbench.layers.index import check_feature_index
+from paqbench.layers.sparsity import MASK_BUFFER, get_mask, record_mask
 from paqbench.quant import kernels
 from paqbench.quant.linear import register_format
 from paqbench.quant.quantizer import keep_mask
@@ -194,24 +195,24 @@ class Int8DynamicLinear(nn.Module):
         if previous is not None:
             keep = keep & previous
         self.weight_int8 = torch.where(keep, self.weight_int8, torch.zeros_like(self.weight_int8))
-        self._set_mask(keep)
+        record_mask(self, keep)
         self._invalidate()
 
     @torch.no_grad()
     def select_input_features(self, index: torch.Tensor) -> None:
         """Keep the input columns ``index`` (in that order); row scales are unchanged."""
-        index = self._check_index(index, self.in_features, "input")
+        index = check_feature_index(index, self.in_features, "input", self.weight_int8.device)
         self.weight_int8 = self.weight_int8.index_select(1, index).contiguous()
         self.in_features = int(index.numel())
         mask = get_mask(self)
         if mask is not None:
-            self._set_mask(mask.index_select(1, index))
+            record_mask(self, mask.index_select(1, index))
         self._invalidate()
 
     @torch.no_grad()
     def select_output_features(self, index: torch.Tensor) -> None:
         """Keep the output rows ``index`` (in that order) with their scales and bias."""
-        index = self._check_index(index, self.out_features, "output")
+        index = check_feature_index(index, self.out_features, "output", self.weight_int8.device)
         self.weight_int8 = self.weight_int8.index_select(0, index).contiguous()
         self.weight_scale = self.weight_scale.index_select(0, index).contiguous()
         if self.bias is not None:
@@ -219,26 +220,9 @@ class Int8DynamicLinear(nn.Module):
         self.out_features = int(index.numel())
         mask = get_mask(self)
         if mask is not None:
-            self._set_mask(mask.index_select(0, index))
+            record_mask(self, mask.index_select(0, index))
         self._invalidate()
 
-    def _check_index(self, index: torch.Tensor, size: int, what: str) -> torch.Tensor:
-        index = torch.as_tensor(index, device=self.weight_int8.device)
-        if index.dim() != 1 or index.dtype not in (torch.int64, torch.int32):
-            raise TypeError(
-                f"{what} index must be a 1-D integer tensor, got {index.dtype} of shape {tuple(index.shape)}"
-            )
-        if index.numel() == 0:
-            raise ValueError(f"selecting no {what} features would leave an empty layer")
-        if int(index.min()) < 0 or int(index.max()) >= size:
-            raise IndexError(f"{what} index out of range for {size} features")
-        return index.long()
-
-    def _set_mask(self, keep: torch.Tensor) -> None:
-        if get_mask(self) is None:
-            self.register_buffer(MASK_BUFFER, keep, persistent=False)
-        else:
-            setattr(self, MASK_BUFFER, keep)
 
     # ------------------------------------------------------------------ accounting
 
