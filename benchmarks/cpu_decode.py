@@ -27,11 +27,11 @@ from tabulate import tabulate
 
 from paqbench.models.embedded import smollm2_gguf_path
 from paqbench.models.transformers_loader import load_pretrained
-from paqbench.plugins.metrics.latency import Latency
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.registry import get_registry
 from paqbench.suite.schema import ModelConfig
 from paqbench.testing import make_run_context
+from paqbench_plugins.metrics.latency import Latency
 
 
 def load(dtype: torch.dtype):

@@ -8,9 +8,6 @@ from torch import nn
 
 from paqbench.layers import UnsupportedLayerError, get_mask, select_targets
 from paqbench.models.embedded import tiny_random_llama
-from paqbench.plugins.methods.pruning.magnitude import Magnitude
-from paqbench.plugins.methods.quantization.awq import AWQ
-from paqbench.plugins.methods.quantization.rtn import RTN
 from paqbench.quant.awq import (
     AWQConfig,
     apply_clip,
@@ -24,6 +21,9 @@ from paqbench.quant.linear import QuantizedLinear, load_quantized
 from paqbench.quant.quantizer import QuantConfig, quantize_rtn
 from paqbench.quant.sequential import capture_block_inputs, forward_block
 from paqbench.registry import get_registry
+from paqbench_plugins.methods.pruning.magnitude import Magnitude
+from paqbench_plugins.methods.quantization.awq import AWQ
+from paqbench_plugins.methods.quantization.rtn import RTN
 
 OUTLIERS = [3, 17, 40]
 

@@ -8,13 +8,13 @@ import torch
 
 from paqbench.layers import kernels_in_use
 from paqbench.models.embedded import tiny_random_llama
-from paqbench.plugins.methods.quantization.cast import Cast
-from paqbench.plugins.methods.quantization.embedding import EmbedRTN
-from paqbench.plugins.methods.quantization.rtn import RTN
-from paqbench.plugins.metrics.latency import Latency
 from paqbench.quant import load_quantized
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.registry import get_registry
+from paqbench_plugins.methods.quantization.cast import Cast
+from paqbench_plugins.methods.quantization.embedding import EmbedRTN
+from paqbench_plugins.methods.quantization.rtn import RTN
+from paqbench_plugins.metrics.latency import Latency
 from tests.helpers import needs_int4
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,14 +13,14 @@ import torch
 from paqbench.distill import batches, cosine_with_warmup, kd_loss, next_token_loss
 from paqbench.layers import get_mask, kernels_in_use, select_targets
 from paqbench.models.embedded import tiny_random_llama
-from paqbench.plugins.methods.distillation.distill import Distill
-from paqbench.plugins.methods.pruning.magnitude import Magnitude
-from paqbench.plugins.methods.pruning.structured import Structured
-from paqbench.plugins.methods.quantization.cast import Cast
-from paqbench.plugins.methods.quantization.embedding import EmbedRTN
-from paqbench.plugins.methods.quantization.rtn import RTN
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.registry import get_registry
+from paqbench_plugins.methods.distillation.distill import Distill
+from paqbench_plugins.methods.pruning.magnitude import Magnitude
+from paqbench_plugins.methods.pruning.structured import Structured
+from paqbench_plugins.methods.quantization.cast import Cast
+from paqbench_plugins.methods.quantization.embedding import EmbedRTN
+from paqbench_plugins.methods.quantization.rtn import RTN
 from tests.helpers import needs_int4
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,8 +15,6 @@ import torch.nn.functional as F
 
 from paqbench.layers import UnsupportedLayerError
 from paqbench.models.embedded import tiny_random_llama
-from paqbench.plugins.methods.quantization.embedding import EmbedRTN
-from paqbench.plugins.metrics.params import count_parameters, linear_macs
 from paqbench.quant import embedding as embedding_module
 from paqbench.quant import load_quantized
 from paqbench.quant.embedding import QuantizedEmbedding, TiedQuantizedHead
@@ -24,6 +22,8 @@ from paqbench.quant.linear import QuantizedLinear
 from paqbench.quant.packing import packed_length
 from paqbench.quant.quantizer import QuantConfig, quantize_rtn
 from paqbench.registry import get_registry
+from paqbench_plugins.methods.quantization.embedding import EmbedRTN
+from paqbench_plugins.metrics.params import count_parameters, linear_macs
 from tests.helpers import needs_int4
 
 VOCAB, DIM = 260, 64
@@ -305,8 +305,8 @@ def test_smollm2_4bit_decoder_and_table_checkpoint_is_under_0_30x_of_fp16(smollm
     checkpoint saved as the storage metric does with dtype float16 is <= 0.30x of the fp16
     dense one; perplexity on two embedded windows stays close to decoder-only RTN."""
     from paqbench.perplexity import window_nlls, windows
-    from paqbench.plugins.methods.quantization.rtn import RTN
-    from paqbench.plugins.metrics.storage import Storage
+    from paqbench_plugins.methods.quantization.rtn import RTN
+    from paqbench_plugins.metrics.storage import Storage
 
     model, tokenizer = smollm2
     ctx = make_context(tokenizer=tokenizer)

@@ -10,8 +10,8 @@ import torch
 
 from paqbench import nvml
 from paqbench.models.embedded import tiny_random_llama
-from paqbench.plugins.metrics import energy
-from paqbench.plugins.metrics.energy import Energy, EnergyCounter, rapl_counter
+from paqbench_plugins.metrics import energy
+from paqbench_plugins.metrics.energy import Energy, EnergyCounter, rapl_counter
 from tests.fake_clock import FakeTime, costing
 
 TINY = dict(prompt_tokens=16, new_tokens=8, warmup=1, min_iterations=2, min_seconds=0)

@@ -18,10 +18,10 @@ import torch
 from paqbench.export import export_model
 from paqbench.export.record import ExportRecord
 from paqbench.models.embedded import byte_tokenizer, tiny_random_llama
-from paqbench.plugins.metrics.latency import Latency
-from paqbench.plugins.metrics.memory import Memory
-from paqbench.plugins.metrics.samples import Samples
 from paqbench.registry import get_registry
+from paqbench_plugins.metrics.latency import Latency
+from paqbench_plugins.metrics.memory import Memory
+from paqbench_plugins.metrics.samples import Samples
 from tests.export_helpers import tiny_quantized
 from tests.fake_clock import FakeTime, costing
 from tests.helpers import paqbench, write_suite

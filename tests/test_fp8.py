@@ -10,13 +10,13 @@ from torch import nn
 from paqbench.export import capability_of
 from paqbench.layers import get_mask, layer_kind, select_targets
 from paqbench.models.embedded import tiny_random_llama
-from paqbench.plugins.methods.pruning.l1_structured import L1Structured
-from paqbench.plugins.methods.pruning.magnitude import Magnitude
-from paqbench.plugins.methods.quantization.fp8 import FP8
-from paqbench.plugins.methods.quantization.rtn import RTN
 from paqbench.quant.fp8 import FP8Linear
 from paqbench.quant.linear import load_quantized
 from paqbench.registry import get_registry
+from paqbench_plugins.methods.pruning.l1_structured import L1Structured
+from paqbench_plugins.methods.pruning.magnitude import Magnitude
+from paqbench_plugins.methods.quantization.fp8 import FP8
+from paqbench_plugins.methods.quantization.rtn import RTN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

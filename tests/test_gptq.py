@@ -6,9 +6,6 @@ import pytest
 import torch
 
 from paqbench.layers import UnsupportedLayerError, get_mask, select_targets
-from paqbench.plugins.methods.pruning.magnitude import Magnitude
-from paqbench.plugins.methods.quantization.gptq import GPTQ
-from paqbench.plugins.methods.quantization.rtn import RTN
 from paqbench.quant.gptq import HessianAccumulator, gptq_quantize
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.quant.quantizer import QuantConfig, quantize_rtn
@@ -21,6 +18,9 @@ from paqbench.quant.sequential import (
     record_inputs,
 )
 from paqbench.registry import get_registry
+from paqbench_plugins.methods.pruning.magnitude import Magnitude
+from paqbench_plugins.methods.quantization.gptq import GPTQ
+from paqbench_plugins.methods.quantization.rtn import RTN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

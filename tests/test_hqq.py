@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from paqbench.layers import get_mask, layer_kind, select_targets
-from paqbench.plugins.methods.pruning.magnitude import Magnitude
-from paqbench.plugins.methods.quantization.hqq import HQQ
-from paqbench.plugins.methods.quantization.rtn import RTN
 from paqbench.quant.hqq import group_errors, quantize_hqq, shrink_lp
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.quant.quantizer import QuantConfig, quantize_rtn
 from paqbench.registry import get_registry
+from paqbench_plugins.methods.pruning.magnitude import Magnitude
+from paqbench_plugins.methods.quantization.hqq import HQQ
+from paqbench_plugins.methods.quantization.rtn import RTN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

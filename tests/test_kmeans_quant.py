@@ -10,13 +10,13 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from paqbench.layers import UnsupportedLayerError, get_mask, layer_kind, select_targets, set_mask
-from paqbench.plugins.methods.quantization.kmeans import KMeans
 from paqbench.quant.codebook import lloyd_1d
 from paqbench.quant.linear import load_quantized
 from paqbench.quant.lut import LUTLinear
 from paqbench.quant.packing import pack, unpack
 from paqbench.quant.quantizer import QuantConfig, quantize_rtn
 from paqbench.registry import get_registry
+from paqbench_plugins.methods.quantization.kmeans import KMeans
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -177,7 +177,7 @@ def test_weighted_kmeans_then_prune_then_save_and_load(tiny_llama, make_context,
     """Calibration-weighted fit, quantize-then-prune (magnitude edits the codes), and a
     saved checkpoint that loads back with identical outputs."""
     from paqbench.models.embedded import tiny_random_llama
-    from paqbench.plugins.methods.pruning.magnitude import Magnitude
+    from paqbench_plugins.methods.pruning.magnitude import Magnitude
 
     ctx = make_context(n_samples=2, seqlen=32)
     info = KMeans().apply(tiny_llama, KMeans.Params(granularity="group", group_size=32, weighted=True), ctx)

@@ -22,9 +22,9 @@ from paqbench.layers.structured import (
     select_channels,
 )
 from paqbench.models.embedded import tiny_random_llama
-from paqbench.plugins.methods.pruning.l1_structured import L1Structured, L1StructuredParams
-from paqbench.plugins.methods.pruning.magnitude import Magnitude, MagnitudeParams
-from paqbench.plugins.metrics.params import ParamsMetric, ParamsParams, count_parameters
+from paqbench_plugins.methods.pruning.l1_structured import L1Structured, L1StructuredParams
+from paqbench_plugins.methods.pruning.magnitude import Magnitude, MagnitudeParams
+from paqbench_plugins.metrics.params import ParamsMetric, ParamsParams, count_parameters
 
 TORCH_DIM = {"input": 1, "output": 0}
 TORCH_NORM = {"l1": 1, "l2": 2}

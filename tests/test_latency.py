@@ -14,7 +14,7 @@ import torch
 from pydantic import ValidationError
 
 from paqbench.models.embedded import tiny_random_llama
-from paqbench.plugins.metrics.latency import (
+from paqbench_plugins.metrics.latency import (
     Clock,
     Latency,
     derive_rates,

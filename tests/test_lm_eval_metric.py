@@ -9,7 +9,7 @@ import math
 import pytest
 
 from paqbench import Unavailable
-from paqbench.plugins.metrics.lm_eval import LmEval, LmEvalParams, resolve_tasks, task_manager
+from paqbench_plugins.metrics.lm_eval import LmEval, LmEvalParams, resolve_tasks, task_manager
 
 ITEMS = [
     ("The sky on a clear day is", ["blue", "green", "loud", "square"], 0),

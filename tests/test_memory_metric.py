@@ -12,7 +12,7 @@ import torch
 
 from paqbench import nvml
 from paqbench.models.embedded import tiny_random_llama
-from paqbench.plugins.metrics.memory import Memory, PeakSampler, weight_bytes
+from paqbench_plugins.metrics.memory import Memory, PeakSampler, weight_bytes
 
 
 def _nbytes_of_unique_tensors(model: torch.nn.Module) -> int:

@@ -8,12 +8,12 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from paqbench.layers import UnsupportedLayerError, get_mask, layer_kind, select_targets, set_mask
-from paqbench.plugins.methods.quantization.nf4 import NF4
 from paqbench.quant.linear import load_quantized
 from paqbench.quant.nf4 import DYNAMIC_MAP, NF4_TABLE, ZERO_CODE, NF4Linear
 from paqbench.quant.packing import pack, unpack
 from paqbench.quant.quantizer import QuantConfig, quantize_rtn
 from paqbench.registry import get_registry
+from paqbench_plugins.methods.quantization.nf4 import NF4
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from paqbench.plugins.metrics.params import ParamsMetric, count_parameters
-from paqbench.plugins.metrics.storage import Storage
+from paqbench_plugins.metrics.params import ParamsMetric, count_parameters
+from paqbench_plugins.metrics.storage import Storage
 
 
 class TwoLayers(nn.Module):

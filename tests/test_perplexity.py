@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from paqbench.plugins.metrics.perplexity import Perplexity
 from paqbench.testing import make_run_context
+from paqbench_plugins.metrics.perplexity import Perplexity
 
 
 def independent_perplexity(model, tokenizer, text: str, seqlen: int, n_windows: int) -> float:

@@ -8,8 +8,6 @@ import shutil
 
 import pytest
 
-from paqbench.plugins.reporters.markdown import MarkdownReporter
-from paqbench.plugins.reporters.plots import PlotsReporter
 from paqbench.report.model import Report
 from paqbench.report.noise import Band
 from paqbench.report.plots import BEGIN, END, FILES, MANIFEST, write_plots
@@ -25,6 +23,8 @@ from paqbench.report.selection import (
     select,
     value_or_reason,
 )
+from paqbench_plugins.reporters.markdown import MarkdownReporter
+from paqbench_plugins.reporters.plots import PlotsReporter
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

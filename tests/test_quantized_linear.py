@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from paqbench.layers import get_mask, layer_kind, select_targets, set_mask
-from paqbench.plugins.metrics.params import count_parameters
 from paqbench.quant import kernels
 from paqbench.quant.linear import QuantizedLinear, load_quantized, replace_module
 from paqbench.quant.quantizer import QuantConfig, QuantizedWeight, quantize_rtn
+from paqbench_plugins.metrics.params import count_parameters
 from tests.helpers import needs_int4, needs_int8
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -361,7 +361,7 @@ def test_quantize_then_prune_structurally_then_save_and_load(tiny_llama, tmp_pat
     """RTN, then l1-structured pruning edits the codes (through select_*_features); the
     saved checkpoint loads back into a fresh model with identical outputs."""
     from paqbench.models.embedded import tiny_random_llama
-    from paqbench.plugins.methods.pruning.l1_structured import L1Structured
+    from paqbench_plugins.methods.pruning.l1_structured import L1Structured
 
     ctx = make_context()
     quantize_model(tiny_llama, QuantConfig(4, 32))

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from paqbench import Unavailable
-from paqbench.plugins.metrics.race import Race, RaceParams
 from paqbench.race import (
     encode_pair,
     fingerprint,
@@ -21,8 +20,9 @@ from paqbench.race import (
     release_rows,
     score_documents,
 )
+from paqbench_plugins.metrics.race import Race, RaceParams
 
-EMBEDDED = Path(__file__).resolve().parents[1] / "harness" / "data" / "race"
+EMBEDDED = Path(__file__).resolve().parents[1] / "harness" / "paqbench" / "data" / "race"
 
 
 def lm_eval_race_dir() -> Path:
@@ -195,7 +195,7 @@ def test_same_accuracy_as_lm_eval_race_task(tiny_tokenizer, make_context, tmp_pa
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    import paqbench.plugins.metrics.race as race_metric
+    import paqbench_plugins.metrics.race as race_metric
     from paqbench.models.embedded import tiny_random_llama
 
     # 512 positions: every prompt is cut from the left, as long RACE articles are in real

@@ -9,11 +9,11 @@ import json
 
 import pytest
 
-from paqbench.plugins.reporters.json_report import JSONReporter
-from paqbench.plugins.reporters.markdown import MarkdownReporter, csv_text
 from paqbench.report.lm_eval_results import DIRECTORY, results_for, write_lm_eval_results
 from paqbench.report.noise import Band, compare, noise_band, recovery
 from paqbench.report.tables import headline, headline_columns
+from paqbench_plugins.reporters.json_report import JSONReporter
+from paqbench_plugins.reporters.markdown import MarkdownReporter, csv_text
 from tests.helpers import paqbench
 from tests.report_data import TPOT, m, report, results_dir, run, runs, timing
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from paqbench.plugins.reporters.html import HTMLReporter
-from paqbench.plugins.reporters.plots import PlotsReporter
 from paqbench.report.html import FILE
 from paqbench.report.tables import measurement_keys
+from paqbench_plugins.reporters.html import HTMLReporter
+from paqbench_plugins.reporters.plots import PlotsReporter
 from tests.report_data import report
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from paqbench.plugins.metrics.samples import DEFAULT_PROMPTS, Samples, SamplesParams, encode
-from paqbench.plugins.reporters.markdown import fenced, generation_samples, md_text
+from paqbench_plugins.metrics.samples import DEFAULT_PROMPTS, Samples, SamplesParams, encode
+from paqbench_plugins.reporters.markdown import fenced, generation_samples, md_text
 
 
 def _measure(model, ctx, **params):

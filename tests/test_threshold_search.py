@@ -113,8 +113,8 @@ def test_search_runs_probes_and_report_states_answer(tmp_path, registry):
     names = [r["name"] for r in report.runs]
     assert names[0] == "baseline" and "knob[x=0.45]" in names and len(names) == 8
     assert all(r["search"] == "knob" for r in report.runs[1:])
-    from paqbench.plugins.reporters.json_report import JSONReporter
-    from paqbench.plugins.reporters.markdown import MarkdownReporter
+    from paqbench_plugins.reporters.json_report import JSONReporter
+    from paqbench_plugins.reporters.markdown import MarkdownReporter
 
     JSONReporter().write(report, out)
     MarkdownReporter().write(report, out)

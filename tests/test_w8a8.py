@@ -8,15 +8,15 @@ from torch import nn
 
 from paqbench.layers import UnsupportedLayerError, get_mask, layer_kind, select_targets, set_mask
 from paqbench.models.embedded import tiny_random_llama
-from paqbench.plugins.methods.pruning.l1_structured import L1Structured
-from paqbench.plugins.methods.pruning.magnitude import Magnitude
-from paqbench.plugins.methods.quantization.rtn import RTN
-from paqbench.plugins.methods.quantization.w8a8 import W8A8
-from paqbench.plugins.metrics.params import count_parameters
 from paqbench.quant import kernels
 from paqbench.quant.linear import load_quantized
 from paqbench.quant.w8a8 import Int8DynamicLinear, probe_exact, reference_accumulate
 from paqbench.registry import get_registry
+from paqbench_plugins.methods.pruning.l1_structured import L1Structured
+from paqbench_plugins.methods.pruning.magnitude import Magnitude
+from paqbench_plugins.methods.quantization.rtn import RTN
+from paqbench_plugins.methods.quantization.w8a8 import W8A8
+from paqbench_plugins.metrics.params import count_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

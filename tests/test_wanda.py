@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from paqbench.layers import get_mask, select_targets
-from paqbench.plugins.methods.pruning.magnitude import Magnitude
-from paqbench.plugins.methods.pruning.wanda import Wanda
-from paqbench.plugins.methods.quantization.rtn import RTN
 from paqbench.prune.masks import keep_lowest_dropped
 from paqbench.prune.nm import NMPattern, is_nm_sparse, nm_keep_mask
 from paqbench.prune.wanda import InputNormAccumulator, wanda_scores
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.quant.sequential import capture_block_inputs, forward_block, record_inputs
+from paqbench_plugins.methods.pruning.magnitude import Magnitude
+from paqbench_plugins.methods.pruning.wanda import Wanda
+from paqbench_plugins.methods.quantization.rtn import RTN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -20,11 +20,11 @@ from pydantic import Field, model_validator
 from paqbench import Method, Params, hookimpl
 from paqbench.layers import check_supported, layer_kind
 from paqbench.layers.structured import is_quantized_editable, kept_count, logical_weight
-from paqbench.plugins.metrics.params import count_parameters
 from paqbench.structure.blocks import BlockParts, block_parts
 from paqbench.structure.config import record_structure
 from paqbench.structure.importance import attention_group_scores, mlp_channel_scores, weight_gradients
 from paqbench.structure.shrink import shrink_attention, shrink_mlp
+from paqbench_plugins.metrics.params import count_parameters
 
 
 class StructuredParams(Params):

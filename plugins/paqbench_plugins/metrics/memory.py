@@ -20,7 +20,7 @@ from pydantic import Field
 from paqbench import Metric, Params, engines, hookimpl, nvml
 from paqbench.engines import Backend, EngineUnavailable, artifact, default_threads, open_engine
 from paqbench.memory import PeakMemory
-from paqbench.plugins.metrics.latency import Clock, eval_mode, prepare_generation, timed_generate
+from paqbench_plugins.metrics.latency import Clock, eval_mode, prepare_generation, timed_generate
 
 
 class MemoryParams(Params):

@@ -14,9 +14,9 @@ from pydantic import Field
 
 from paqbench import Method, Params, hookimpl
 from paqbench.layers import check_supported, select_targets
-from paqbench.plugins.methods.quantization.rtn import summarize
 from paqbench.quant.linear import replace_module
 from paqbench.quant.nf4 import NF4Linear
+from paqbench_plugins.methods.quantization.rtn import summarize
 
 
 class NF4Params(Params):

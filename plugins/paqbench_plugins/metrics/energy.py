@@ -23,7 +23,7 @@ from pydantic import Field
 
 from paqbench import Metric, Params, Unavailable, hookimpl, nvml
 from paqbench.models.device import input_device
-from paqbench.plugins.metrics.latency import (
+from paqbench_plugins.metrics.latency import (
     Clock,
     Now,
     eval_mode,

@@ -15,10 +15,10 @@ from pydantic import Field, field_validator
 
 from paqbench import Method, Params, hookimpl
 from paqbench.layers import check_supported, select_targets
-from paqbench.plugins.methods.quantization.rtn import summarize
 from paqbench.quant.codebook import input_second_moments
 from paqbench.quant.linear import replace_module
 from paqbench.quant.vq import VQLinear
+from paqbench_plugins.methods.quantization.rtn import summarize
 
 
 class VQParams(Params):

@@ -25,7 +25,7 @@ from paqbench.layers.structured import (
     prune_channels,
     select_channels,
 )
-from paqbench.plugins.metrics.params import count_parameters
+from paqbench_plugins.metrics.params import count_parameters
 
 
 class L1StructuredParams(Params):

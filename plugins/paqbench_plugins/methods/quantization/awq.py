@@ -16,10 +16,10 @@ from torch import nn
 
 from paqbench import Method, hookimpl
 from paqbench.layers import check_supported, decoder_blocks, select_targets
-from paqbench.plugins.methods.quantization.rtn import WeightQuantParams, summarize
 from paqbench.quant.awq import AWQConfig, awq_block
 from paqbench.quant.linear import QuantizedLinear, replace_module
 from paqbench.quant.sequential import BlockInputs, layer_sequential
+from paqbench_plugins.methods.quantization.rtn import WeightQuantParams, summarize
 
 
 class AWQParams(WeightQuantParams):

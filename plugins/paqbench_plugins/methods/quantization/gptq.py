@@ -16,11 +16,11 @@ from torch import nn
 
 from paqbench import Method, hookimpl
 from paqbench.layers import check_supported, decoder_blocks, get_mask, select_targets
-from paqbench.plugins.methods.quantization.rtn import WeightQuantParams, summarize
 from paqbench.quant.gptq import HessianAccumulator, gptq_quantize
 from paqbench.quant.linear import QuantizedLinear, replace_module
 from paqbench.quant.quantizer import QuantConfig, keep_mask
 from paqbench.quant.sequential import BlockInputs, collect_inputs, layer_sequential, linear_groups
+from paqbench_plugins.methods.quantization.rtn import WeightQuantParams, summarize
 
 
 class GPTQParams(WeightQuantParams):

@@ -8,7 +8,7 @@ Environment variables:
     empty string to load no third-party plugin at all.
 ``PAQBENCH_BLOCK_PLUGINS``
     Comma-separated plugin names never to load. Built-ins can be blocked by their short
-    name (``magnitude``) or module name (``paqbench.plugins.methods.pruning.magnitude``).
+    name (``magnitude``) or module name (``paqbench_plugins.methods.pruning.magnitude``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from paqbench import hookspecs
 ENTRY_POINT_GROUP = "paqbench"
 
 def _builtin_plugin_modules() -> tuple[str, ...]:
-    """Every module under :mod:`paqbench.plugins`, in name order.
+    """Every module under :mod:`paqbench_plugins`, in name order.
 
     Built-ins are discovered rather than listed so that adding a method, metric or
     reporter is adding one file; each module registers itself through the same hooks a
@@ -33,7 +33,7 @@ def _builtin_plugin_modules() -> tuple[str, ...]:
     """
     import pkgutil
 
-    import paqbench.plugins as package
+    import paqbench_plugins as package
 
     return tuple(
         sorted(

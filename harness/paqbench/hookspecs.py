@@ -2,7 +2,7 @@
 
 Every hook is a *register callback*: paqbench calls it once with a ``register``
 function, and the plugin calls ``register`` for each thing it provides. Built-in
-plugins (``paqbench.plugins.*``) use exactly the same hooks as third-party ones,
+plugins (``paqbench_plugins.*``) use exactly the same hooks as third-party ones,
 which are found through the ``paqbench`` entry-point group::
 
     [project.entry-points.paqbench]

@@ -19,10 +19,10 @@ from pydantic import Field
 
 from paqbench import Method, Params, hookimpl
 from paqbench.layers import check_supported, select_targets
-from paqbench.plugins.methods.quantization.rtn import summarize
 from paqbench.quant.codebook import input_second_moments
 from paqbench.quant.linear import replace_module
 from paqbench.quant.lut import LUTLinear
+from paqbench_plugins.methods.quantization.rtn import summarize
 
 
 class KMeansParams(Params):

@@ -146,7 +146,7 @@ class SparseGPT(Method):
         modules = {name: model.get_submodule(name) for name in names}
         facts = {**pruning_facts(modules, pattern), "calibration_windows": len(batches), **stats}
         if config is not None or any(layer_kind(m) == "quantized" for m in modules.values()):
-            from paqbench.plugins.methods.quantization.rtn import summarize
+            from paqbench_plugins.methods.quantization.rtn import summarize
 
             quantized = {n: m for n, m in modules.items() if isinstance(m, QuantizedLinear)}
             facts.update({k: v for k, v in summarize(quantized).items() if k != "layers"})
