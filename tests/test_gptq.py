@@ -9,11 +9,11 @@ from paqbench.layers import UnsupportedLayerError, get_mask, select_targets
 from paqbench.quant.gptq import HessianAccumulator, gptq_quantize
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.quant.quantizer import QuantConfig, quantize_rtn
+from paqbench.blockwise.driver import layer_sequential
 from paqbench.quant.sequential import (
     capture_block_inputs,
     collect_inputs,
     forward_block,
-    layer_sequential,
     linear_groups,
     record_inputs,
 )

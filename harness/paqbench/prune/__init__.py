@@ -9,7 +9,7 @@
 - :mod:`paqbench.prune.sparsegpt`: SparseGPT's OBS pruning with weight update, optionally
   joint with quantization.
 
-Calibration for the layer-wise methods runs through :mod:`paqbench.quant.sequential`.
+Calibration for the layer-wise methods runs through :mod:`paqbench.blockwise.driver`.
 """
 
 from paqbench.prune.masks import apply_keep_mask, current_weight, global_keep_masks, keep_lowest_dropped

@@ -5,7 +5,7 @@
 - :mod:`paqbench.quant.linear`: :class:`QuantizedLinear`, the compressed-layer contract's
   quantized layer, and :func:`load_quantized` to rebuild a saved quantized model.
 - :mod:`paqbench.quant.kernels`: fast forward paths and how one is chosen.
-- :mod:`paqbench.quant.sequential`: layer-sequential calibration for layer-wise methods.
+- :mod:`paqbench.quant.sequential`: capturing and probing one block (the driver is :mod:`paqbench.blockwise.driver`).
 - :mod:`paqbench.quant.gptq`: the GPTQ algorithm on one weight matrix.
 - :mod:`paqbench.quant.awq`: AWQ's scale search, folding and clip search.
 - :mod:`paqbench.quant.w8a8`: int8 weights with int8 per-token activations.

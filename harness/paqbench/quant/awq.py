@@ -39,7 +39,7 @@ Differences from the reference, on purpose:
 - Mask-aware: pruned weights (a recorded mask or exact zeros) are zero codes in every
   pseudo-quantization of the search and in the result, so they end exactly zero.
 - The grid contains 0 and groups may be shorter than ``group_size`` (paqbench's grids).
-- Blocks are processed by :func:`paqbench.quant.sequential.layer_sequential`: block
+- Blocks are processed by :func:`paqbench.blockwise.driver.layer_sequential`: block
   ``i + 1`` is calibrated on the outputs of the already *quantized* block ``i`` (the
   reference feeds it the float block's outputs).
 """

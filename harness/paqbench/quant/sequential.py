@@ -1,4 +1,7 @@
-"""Layer-sequential calibration, shared by layer-wise methods (GPTQ, SparseGPT, Wanda).
+"""The pieces of layer-sequential calibration: capturing, running and probing one block.
+
+The driver that loops over the blocks (and onloads offloaded ones) is
+:func:`paqbench.blockwise.driver.layer_sequential`; every layer-wise method runs on it.
 
 The calibration windows are run through the model once, up to the first decoder block,
 where a pre-hook records what the block receives (hidden states and the keyword
@@ -16,7 +19,7 @@ Per-Linear statistics (Hessians, input norms) are collected with :func:`collect_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from paqbench.layers import decoder_blocks
+from paqbench.models.device import input_device
 
 
 class _StopForward(Exception):
@@ -53,7 +56,7 @@ def capture_block_inputs(
     model: nn.Module, batches: Sequence[torch.Tensor], block: nn.Module
 ) -> BlockInputs:
     """Run each batch of token ids through ``model`` until ``block`` and record its inputs."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     captured = BlockInputs([], [], [])
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -162,32 +165,6 @@ def linear_groups(block: nn.Module, modules: Mapping[str, nn.Module], inputs: Bl
     if uncalled:
         groups.append(uncalled)
     return groups
-
-
-def layer_sequential(
-    model: nn.Module,
-    batches: Sequence[torch.Tensor],
-    process_block: Callable[[int, str, nn.Module, BlockInputs], None],
-    progress: Callable[[Iterable[int], str, int], Iterable[int]] | None = None,
-    desc: str = "blocks",
-) -> None:
-    """Call ``process_block(index, name, block, inputs)`` on every decoder block in order;
-    it compresses the block in place, whose outputs then feed the next block."""
-    prefix, blocks = decoder_blocks(model)
-    was_training = model.training
-    model.eval()
-    try:
-        inputs = capture_block_inputs(model, batches, blocks[0])
-        indices: Iterable[int] = range(len(blocks))
-        if progress is not None:
-            indices = progress(indices, desc, len(blocks))
-        for index in indices:
-            block = blocks[index]
-            process_block(index, f"{prefix}.{index}", block, inputs)
-            if index + 1 < len(blocks):
-                inputs = inputs.with_hidden(forward_block(block, inputs))
-    finally:
-        model.train(was_training)
 
 
 def _same(a: Any, b: Any) -> bool:

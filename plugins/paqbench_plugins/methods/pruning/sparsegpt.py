@@ -17,9 +17,9 @@ import torch
 from pydantic import Field, model_validator
 
 from paqbench import Method, hookimpl
+from paqbench.blockwise.driver import OnloadedModules, calibrate_layers, check_inside_blocks
 from paqbench.layers import check_supported, get_mask, layer_kind, select_targets
 from paqbench.layers.sparsity import MASK_BUFFER
-from paqbench.prune.calibrate import calibrate_and_prune, check_inside_blocks
 from paqbench.prune.masks import pruning_facts
 from paqbench.prune.nm import check_width
 from paqbench.prune.params import SparsityParams
@@ -139,16 +139,16 @@ class SparseGPT(Method):
             stats["dead_columns"] += result.dead_columns
             stats["max_damp"] = max(stats["max_damp"], result.damp)
 
-        calibrate_and_prune(
-            model, names, batches, statistic=statistic, prune=prune, true_sequential=params.true_sequential,
+        calibrate_layers(
+            model, names, batches, statistic=statistic, handle=prune, true_sequential=params.true_sequential,
             method=self.name, progress=lambda it, desc, total: ctx.progress(it, desc, total),
         )
-        modules = {name: model.get_submodule(name) for name in names}
-        facts = {**pruning_facts(modules, pattern), "calibration_windows": len(batches), **stats}
-        if config is not None or any(layer_kind(m) == "quantized" for m in modules.values()):
+        with OnloadedModules(model, names) as modules:  # weights on disk: one block at a time
+            facts = {**pruning_facts(modules, pattern), "calibration_windows": len(batches), **stats}
+        quantized = {n: m for n in names if isinstance(m := model.get_submodule(n), QuantizedLinear)}
+        if config is not None or any(layer_kind(m) == "quantized" for m in map(model.get_submodule, names)):
             from paqbench_plugins.methods.quantization.rtn import summarize
 
-            quantized = {n: m for n, m in modules.items() if isinstance(m, QuantizedLinear)}
             facts.update({k: v for k, v in summarize(quantized).items() if k != "layers"})
         return facts
 

@@ -2,7 +2,7 @@
 
 Each weight is scored ``|W_ij| * ||X_j||_2`` from its layer's calibration inputs and the
 lowest scores of each output row (the paper's comparison group) are zeroed; no weight
-update. Calibration runs one decoder block at a time (:mod:`paqbench.prune.calibrate`),
+update. Calibration runs one decoder block at a time (:mod:`paqbench.blockwise.driver`),
 so block ``i + 1`` is scored on the outputs of the already pruned block ``i``.
 """
 
@@ -14,8 +14,8 @@ import torch
 from pydantic import Field
 
 from paqbench import Method, hookimpl
+from paqbench.blockwise.driver import OnloadedModules, calibrate_layers, check_inside_blocks
 from paqbench.layers import check_supported, get_mask, select_targets
-from paqbench.prune.calibrate import calibrate_and_prune, check_inside_blocks
 from paqbench.prune.masks import apply_keep_mask, current_weight, keep_lowest_dropped, pruning_facts
 from paqbench.prune.nm import check_width, nm_keep_mask
 from paqbench.prune.params import SparsityParams
@@ -77,12 +77,13 @@ class Wanda(Method):
                 keep = keep_lowest_dropped(scores, params.sparsity, get_mask(module), per_row=params.compare == "row")
             apply_keep_mask(module, keep, name)
 
-        calibrate_and_prune(
-            model, names, batches, statistic=statistic, prune=prune, true_sequential=params.true_sequential,
+        calibrate_layers(
+            model, names, batches, statistic=statistic, handle=prune, true_sequential=params.true_sequential,
             method=self.name, progress=lambda it, desc, total: ctx.progress(it, desc, total),
         )
-        modules = {name: model.get_submodule(name) for name in names}
-        return {**pruning_facts(modules, pattern), "calibration_windows": len(batches)}
+        with OnloadedModules(model, names) as modules:  # weights on disk: one block at a time
+            facts = pruning_facts(modules, pattern)
+        return {**facts, "calibration_windows": len(batches)}
 
 
 def _device(module: torch.nn.Module) -> torch.device:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from statistics import mean
 
-import torch
 from pydantic import Field
 from torch import nn
 
 from paqbench import Method, hookimpl
-from paqbench.layers import check_supported, decoder_blocks, select_targets
+from paqbench.blockwise.driver import check_inside_blocks, each_block
+from paqbench.layers import check_supported, select_targets
 from paqbench.quant.awq import AWQConfig, awq_block
 from paqbench.quant.linear import QuantizedLinear, replace_module
-from paqbench.quant.sequential import BlockInputs, layer_sequential
+from paqbench.quant.sequential import BlockInputs
 from paqbench_plugins.methods.quantization.rtn import WeightQuantParams, summarize
 
 
@@ -64,13 +64,7 @@ class AWQ(Method):
         config = params.awq_config()
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)
-        prefix, _ = decoder_blocks(model)
-        outside = [name for name in targets if not name.startswith(prefix + ".")]
-        if outside:
-            raise ValueError(
-                f"awq calibrates decoder blocks one by one and cannot quantize {outside[0]!r}, which is outside "
-                f"{prefix!r}; narrow `targets` (or use rtn for it)"
-            )
+        check_inside_blocks(model, targets, self.name, verb="quantize", instead="rtn")
         names = list(targets)
         del targets
         batches = ctx.calibration_batches()
@@ -79,13 +73,8 @@ class AWQ(Method):
         reductions: list[float] = []
         unscaled: dict[str, str] = {}
         clipped: dict[str, float] = {}
-        reached: set[str] = set()
 
-        def process(index: int, block_name: str, block: nn.Module, inputs: BlockInputs) -> None:
-            local = [name[len(block_name) + 1:] for name in names if name.startswith(block_name + ".")]
-            if not local:
-                return
-            reached.update(f"{block_name}.{name}" for name in local)
+        def process(block_name: str, block: nn.Module, local: list[str], inputs: BlockInputs) -> None:
             result = awq_block(
                 block, inputs, local, quant, config, quantize=params.quantize,
                 install=lambda name, layer: replace_module(model, f"{block_name}.{name}", layer),
@@ -99,12 +88,8 @@ class AWQ(Method):
             clipped.update({f"{block_name}.{name}": shrink for name, shrink in result.clip_shrink.items()})
             layers.update({f"{block_name}.{name}": layer for name, layer in result.quantized.items()})
 
-        with torch.no_grad():
-            layer_sequential(model, batches, process, progress=lambda it, desc, total: ctx.progress(it, desc, total),
-                             desc="awq blocks")
-        missed = [name for name in names if name not in reached]
-        if missed:
-            raise RuntimeError(f"awq did not reach {missed[0]!r}; is it inside a decoder block?")
+        each_block(model, names, batches, process, method=self.name, verb="quantize", instead="rtn",
+                   progress=lambda it, desc, total: ctx.progress(it, desc, total))
         facts: dict[str, object] = summarize(layers) if params.quantize else {"layers": 0, "scaled_only": len(names)}
         facts.update({
             "calibration_windows": len(batches),

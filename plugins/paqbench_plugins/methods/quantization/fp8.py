@@ -9,6 +9,7 @@ import torch
 from pydantic import Field
 
 from paqbench import Method, Params, hookimpl
+from paqbench.blockwise.driver import each_target
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.fp8 import FP8Linear
 from paqbench.quant.linear import replace_module
@@ -47,8 +48,8 @@ class FP8(Method):
         del targets
         per_channel = params.weight_scale == "per-channel"
         layers: dict[str, FP8Linear] = {}
-        for name in ctx.progress(names, "fp8", total=len(names)):
-            layer = FP8Linear.from_linear(model.get_submodule(name), params.activations, per_channel)
+        for name, linear in each_target(model, names, ctx.progress, "fp8"):
+            layer = FP8Linear.from_linear(linear, params.activations, per_channel)
             replace_module(model, name, layer)
             layers[name] = layer
         weights = sum(layer.out_features * layer.in_features for layer in layers.values())

@@ -1,25 +1,22 @@
 """GPTQ: weight quantization with second-order error compensation, layer by layer.
 
 Calibration windows run through the model one decoder block at a time
-(:mod:`paqbench.quant.sequential`); each targeted Linear gets the Hessian of its inputs,
+(:mod:`paqbench.blockwise.driver`); each targeted Linear gets the Hessian of its inputs,
 ``H = 2 X X^T / n``, and is quantized by :func:`paqbench.quant.gptq.gptq_quantize`. The
 next block is calibrated on the outputs of the already quantized one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-import torch
 from pydantic import Field
 from torch import nn
 
 from paqbench import Method, hookimpl
-from paqbench.layers import check_supported, decoder_blocks, get_mask, select_targets
+from paqbench.blockwise.driver import calibrate_layers, check_inside_blocks
+from paqbench.layers import check_supported, get_mask, select_targets
 from paqbench.quant.gptq import HessianAccumulator, gptq_quantize
 from paqbench.quant.linear import QuantizedLinear, replace_module
-from paqbench.quant.quantizer import QuantConfig, keep_mask
-from paqbench.quant.sequential import BlockInputs, collect_inputs, layer_sequential, linear_groups
+from paqbench.quant.quantizer import keep_mask
 from paqbench_plugins.methods.quantization.rtn import WeightQuantParams, summarize
 
 
@@ -67,73 +64,37 @@ class GPTQ(Method):
         config = params.quant_config()
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)
-        prefix, _ = decoder_blocks(model)
-        outside = [name for name in targets if not name.startswith(prefix + ".")]
-        if outside:
-            raise ValueError(
-                f"gptq calibrates decoder blocks one by one and cannot quantize {outside[0]!r}, "
-                f"which is outside {prefix!r}; narrow `targets` (or use rtn for it)"
-            )
+        check_inside_blocks(model, targets, self.name, verb="quantize", instead="rtn")
         names = list(targets)
         del targets  # hold no reference to a replaced float layer: its memory is freed as we go
         batches = ctx.calibration_batches()
         layers: dict[str, QuantizedLinear] = {}
         stats = {"loss": 0.0, "dead_columns": 0, "max_damp": params.damp}
 
-        def process(index: int, block_name: str, block: nn.Module, inputs: BlockInputs) -> None:
-            prefix = block_name + "."
-            local = {name[len(prefix) :]: block.get_submodule(name[len(prefix) :])
-                     for name in names if name.startswith(prefix)}
-            if not local:
-                return
-            groups = linear_groups(block, local, inputs) if params.true_sequential else [list(local)]
-            for group in groups:
-                modules = {name: local[name] for name in group}
-                self._quantize_group(block, block_name, modules, inputs, config, params, model, layers, stats)
-                del modules
+        def statistic(module: nn.Module) -> HessianAccumulator:
+            return HessianAccumulator(module.in_features, module.weight.device)
 
-        with torch.no_grad():
-            layer_sequential(model, batches, process, progress=lambda it, desc, total: ctx.progress(it, desc, total),
-                             desc="gptq blocks")
-        missed = [name for name in names if name not in layers]
-        if missed:
-            raise RuntimeError(f"gptq did not reach {missed[0]!r}; is it inside a decoder block?")
-        return {**summarize(layers), "calibration_windows": len(batches), **stats}
-
-    @staticmethod
-    def _quantize_group(
-        block: nn.Module,
-        block_name: str,
-        modules: Mapping[str, nn.Module],
-        inputs: BlockInputs,
-        config: QuantConfig,
-        params: GPTQParams,
-        model: nn.Module,
-        layers: dict[str, QuantizedLinear],
-        stats: dict[str, float],
-    ) -> None:
-        hessians = {
-            name: HessianAccumulator(module.in_features, module.weight.device) for name, module in modules.items()
-        }
-        collect_inputs(block, inputs, modules, lambda name, x: hessians[name].add(x))
-        for name, module in modules.items():
-            full_name = f"{block_name}.{name}"
-            if hessians[name].rows == 0:
-                raise RuntimeError(f"gptq: layer {full_name!r} received no input during calibration")
+        def quantize(name: str, module: nn.Module, hessian: HessianAccumulator) -> None:
             result = gptq_quantize(
-                module.weight, hessians[name].hessian, config,
+                module.weight, hessian.hessian, config,
                 damp=params.damp, block_size=params.block_size, act_order=params.act_order,
                 static_groups=params.static_groups, keep=keep_mask(module),
             )
-            hessians[name] = None  # free the Hessian before the next layer's
             layer = QuantizedLinear.from_quantized(
                 result.quantized, module.bias, get_mask(module), dtype=module.weight.dtype
             )
-            replace_module(model, full_name, layer)
-            layers[full_name] = layer
+            replace_module(model, name, layer)
+            layers[name] = layer
             stats["loss"] += result.loss
             stats["dead_columns"] += result.dead_columns
             stats["max_damp"] = max(stats["max_damp"], result.damp)
+
+        calibrate_layers(
+            model, names, batches, statistic=statistic, handle=quantize, true_sequential=params.true_sequential,
+            method=self.name, verb="quantize", instead="rtn",
+            progress=lambda it, desc, total: ctx.progress(it, desc, total),
+        )
+        return {**summarize(layers), "calibration_windows": len(batches), **stats}
 
 
 @hookimpl

@@ -13,6 +13,7 @@ import torch
 from pydantic import Field, field_validator
 
 from paqbench import Method, Params, hookimpl
+from paqbench.blockwise.driver import each_target
 from paqbench.layers import check_supported, get_mask, select_targets
 from paqbench.quant.hqq import HQQConfig, quantize_hqq
 from paqbench.quant.linear import QuantizedLinear, replace_module
@@ -73,8 +74,7 @@ class HQQ(Method):
         del targets  # hold no reference to a replaced float layer
         layers: dict[str, QuantizedLinear] = {}
         groups = hqq_groups = 0
-        for name in ctx.progress(names, "hqq", total=len(names)):
-            linear = model.get_submodule(name)
+        for name, linear in each_target(model, names, ctx.progress, "hqq"):
             result = quantize_hqq(linear.weight, config, keep_mask(linear), solver)
             layer = QuantizedLinear.from_quantized(result.quantized, linear.bias, get_mask(linear),
                                                    dtype=linear.weight.dtype)

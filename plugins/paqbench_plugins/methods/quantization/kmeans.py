@@ -18,6 +18,7 @@ import torch
 from pydantic import Field
 
 from paqbench import Method, Params, hookimpl
+from paqbench.blockwise.driver import each_target
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.codebook import input_second_moments
 from paqbench.quant.linear import replace_module
@@ -74,9 +75,9 @@ class KMeans(Method):
         names = list(targets)
         del targets  # hold no reference to a replaced float layer
         layers: dict[str, LUTLinear] = {}
-        for name in ctx.progress(names, "kmeans", total=len(names)):
+        for name, linear in each_target(model, names, ctx.progress, "kmeans"):
             layer = LUTLinear.from_linear(
-                model.get_submodule(name), params.bits, params.table_group_size,
+                linear, params.bits, params.table_group_size,
                 importance=None if importance is None else importance.pop(name), iterations=params.iterations,
             )
             replace_module(model, name, layer)

@@ -13,6 +13,7 @@ import torch
 from pydantic import Field
 
 from paqbench import Method, Params, hookimpl
+from paqbench.blockwise.driver import each_target
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.linear import replace_module
 from paqbench.quant.nf4 import NF4Linear
@@ -55,9 +56,9 @@ class NF4(Method):
         names = list(targets)
         del targets  # hold no reference to a replaced float layer
         layers: dict[str, NF4Linear] = {}
-        for name in ctx.progress(names, "nf4", total=len(names)):
+        for name, linear in each_target(model, names, ctx.progress, "nf4"):
             layer = NF4Linear.from_linear(
-                model.get_submodule(name), params.block_size, params.double_quant, params.dq_block
+                linear, params.block_size, params.double_quant, params.dq_block
             )
             replace_module(model, name, layer)
             layers[name] = layer

@@ -15,6 +15,7 @@ import torch
 from pydantic import Field, field_validator
 
 from paqbench import Method, Params, hookimpl
+from paqbench.blockwise.driver import each_target
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.linear import QuantizedLinear, replace_module
 from paqbench.quant.quantizer import QuantConfig
@@ -77,8 +78,8 @@ class RTN(Method):
         names = list(targets)
         del targets  # hold no reference to a replaced float layer: its memory is freed as we go
         layers: dict[str, QuantizedLinear] = {}
-        for name in ctx.progress(names, "rtn", total=len(names)):
-            layer = QuantizedLinear.from_linear(model.get_submodule(name), config)
+        for name, linear in each_target(model, names, ctx.progress, "rtn"):
+            layer = QuantizedLinear.from_linear(linear, config)
             replace_module(model, name, layer)
             layers[name] = layer
         return summarize(layers)

@@ -9,6 +9,7 @@ import torch
 from pydantic import Field
 
 from paqbench import Method, Params, hookimpl
+from paqbench.blockwise.driver import each_target
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.linear import replace_module
 from paqbench.quant.w8a8 import Int8DynamicLinear
@@ -40,8 +41,7 @@ class W8A8(Method):
         names = list(targets)
         del targets
         layers: dict[str, Int8DynamicLinear] = {}
-        for name in ctx.progress(names, "w8a8", total=len(names)):
-            source = model.get_submodule(name)
+        for name, source in each_target(model, names, ctx.progress, "w8a8"):
             layer = Int8DynamicLinear.from_linear(source)
             layer.select_kernel(source.weight.device, source.weight.dtype)  # record the path a forward will take
             replace_module(model, name, layer)
