@@ -228,7 +228,7 @@ def test_packed_layers_on_an_integer_kernel_take_the_differentiable_path(make_co
 def test_distilling_magnitude_pruned_smollm2_lowers_held_out_perplexity(smollm2, make_context):
     """SmolLM2-135M at 50% magnitude sparsity, then a few KD steps on windows of the
     embedded train split: perplexity on the embedded test split falls and the 50% stays."""
-    from paqbench.perplexity import window_nlls, windows
+    from paqbench.measure.perplexity import window_nlls, windows
 
     model, tokenizer = smollm2
     ctx = make_context(tokenizer=tokenizer, n_samples=16, seqlen=128, teacher=lambda: model)

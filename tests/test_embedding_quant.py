@@ -304,7 +304,7 @@ def test_smollm2_4bit_decoder_and_table_checkpoint_is_under_0_30x_of_fp16(smollm
     """RTN 4-bit g128 on the decoder Linears plus embed-rtn 4-bit g128 (tied head): the
     checkpoint saved as the storage metric does with dtype float16 is <= 0.30x of the fp16
     dense one; perplexity on two embedded windows stays close to decoder-only RTN."""
-    from paqbench.perplexity import window_nlls, windows
+    from paqbench.measure.perplexity import window_nlls, windows
     from paqbench_plugins.methods.quantization.rtn import RTN
     from paqbench_plugins.metrics.storage import Storage
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from paqbench import nvml
+from paqbench.measure import nvml
 from paqbench.models.embedded import tiny_random_llama
 from paqbench_plugins.metrics import energy
 from paqbench_plugins.metrics.energy import Energy, EnergyCounter, rapl_counter

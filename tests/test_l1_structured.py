@@ -467,7 +467,7 @@ def test_smollm2_input_pruning_matches_the_seed_studys_masked_model(smollm2, mak
     version).
     (It is also very high, about 6e6 against 26 dense on the embedded text: L1 column
     norms ignore the activations, and SmolLM2 has channels that carry large ones.)"""
-    from paqbench.perplexity import window_nlls, windows
+    from paqbench.measure.perplexity import window_nlls, windows
 
     model, tokenizer = smollm2
     ctx = make_context(tokenizer=tokenizer)

@@ -10,7 +10,7 @@ import psutil
 import pytest
 import torch
 
-from paqbench import nvml
+from paqbench.measure import nvml
 from paqbench.models.embedded import tiny_random_llama
 from paqbench_plugins.metrics.memory import Memory, PeakSampler, weight_bytes
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from paqbench import Unavailable
-from paqbench.race import (
+from paqbench.measure.race import (
     encode_pair,
     fingerprint,
     group_documents,

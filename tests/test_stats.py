@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from paqbench.stats import percentile, summarize
+from paqbench.measure.stats import percentile, summarize
 
 
 def test_percentile_interpolates_linearly_between_closest_ranks():

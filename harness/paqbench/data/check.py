@@ -4,7 +4,7 @@ A text file must exist, be UTF-8, hold text, and be long enough for one window. 
 are not counted here (that needs the model's tokenizer): a byte-level tokenizer makes at
 least one byte per token, so a file of fewer bytes than ``seqlen`` (plus two for a BOS
 and a prefix space) can never fill a window; longer files are checked by the run, which
-names the token count (``paqbench.perplexity.windows``).
+names the token count (``paqbench.measure.perplexity.windows``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from paqbench.export.run import ExportOutcome, export_model
-from paqbench.perplexity import windows
+from paqbench.measure.perplexity import windows
 
 #: The embedded model sources whose weights came from a GGUF file (tokenizer copied from it).
 _GGUF_SOURCES = ("smollm2-135m", "gguf")

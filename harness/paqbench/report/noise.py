@@ -3,7 +3,7 @@
 A measurement is either *deterministic* or *noisy*:
 
 - **Noisy**: a timing, rate or energy (its spread summarises repeated samples, as
-  :func:`paqbench.stats.summarize` writes it, or its unit is one of :data:`NOISY_UNITS`).
+  :func:`paqbench.measure.stats.summarize` writes it, or its unit is one of :data:`NOISY_UNITS`).
   Its noise band is the p10..p90 interval of its raw samples (from the spread's
   ``p10``/``p90`` or ``min``/``max`` when the samples were not kept). Two values differ
   only when their bands do not overlap. A paired speedup against the reference model
@@ -24,11 +24,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from paqbench.stats import percentile
+from paqbench.measure.stats import percentile
 
 #: Units of measurements that vary from one repetition to the next on the same model.
 NOISY_UNITS = frozenset({"s", "s/token", "ms", "tokens/s", "×", "J/token", "J", "W"})
-#: Spread keys that only a summary of repeated samples has (paqbench.stats.Summary.spread).
+#: Spread keys that only a summary of repeated samples has (paqbench.measure.stats.Summary.spread).
 _SUMMARY_KEYS = frozenset({"median", "p10", "p90", "p99", "stdev", "min", "max"})
 
 Verdict = Literal["baseline", "change", "same", "unknown", "missing"]

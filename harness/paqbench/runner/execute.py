@@ -24,7 +24,7 @@ import torch
 from paqbench.context import RunContext
 from paqbench.environment import capture_environment
 from paqbench.interfaces import Measurement, Unavailable
-from paqbench.memory import PeakMemory
+from paqbench.measure.memory import PeakMemory
 from paqbench.models.device import resolve_device, resolve_dtype
 from paqbench.planner import RunSpec
 from paqbench.registry import Registry, get_registry

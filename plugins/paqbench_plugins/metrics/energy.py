@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
-from paqbench import Metric, Params, Unavailable, hookimpl, nvml
+from paqbench import Metric, Params, Unavailable, hookimpl
+from paqbench.measure import nvml
 from paqbench.models.device import input_device
 from paqbench_plugins.metrics.latency import (
     Clock,

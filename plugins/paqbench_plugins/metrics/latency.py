@@ -28,8 +28,8 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from paqbench import Metric, Params, RunContext, hookimpl
 from paqbench.engines import Backend, EngineTiming, EngineUnavailable, open_engine
 from paqbench.layers import kernels_in_use
+from paqbench.measure.stats import summarize
 from paqbench.models.device import input_device
-from paqbench.stats import summarize
 
 DECODING = (
     "greedy (do_sample=False, num_beams=1); min_new_tokens = max_new_tokens = new_tokens, "

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 import torch
 from pydantic import Field
 
-from paqbench import Metric, Params, engines, hookimpl, nvml
+from paqbench import Metric, Params, engines, hookimpl
 from paqbench.engines import Backend, EngineUnavailable, artifact, default_threads, open_engine
-from paqbench.memory import PeakMemory
+from paqbench.measure import nvml
+from paqbench.measure.memory import PeakMemory
 from paqbench_plugins.metrics.latency import Clock, eval_mode, prepare_generation, timed_generate
 
 

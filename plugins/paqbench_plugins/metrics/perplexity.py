@@ -9,7 +9,7 @@ import statistics
 from pydantic import Field
 
 from paqbench import Metric, Params, hookimpl
-from paqbench.perplexity import window_nlls, windows
+from paqbench.measure.perplexity import window_nlls, windows
 
 
 class PerplexityParams(Params):

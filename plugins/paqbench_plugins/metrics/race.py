@@ -2,7 +2,7 @@
 article, the last question scored with the earlier ones answered in the prompt), from the
 hub's parquet ``ehovy/race``, a local copy, or paqbench's small embedded sample.
 
-The scoring lives in :mod:`paqbench.race`; this module turns it into measurements.
+The scoring lives in :mod:`paqbench.measure.race`; this module turns it into measurements.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from paqbench import DataOrigin, Metric, Params, Unavailable, hookimpl
-from paqbench.race import (
+from paqbench.measure.race import (
     HUB_DATASET,
     RaceDataUnavailable,
     fingerprint,

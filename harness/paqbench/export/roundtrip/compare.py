@@ -1,7 +1,7 @@
 """Logit agreement between paqbench's in-memory model and an engine, on the same ids.
 
 Both sides give ``[windows, seqlen, vocab]`` logits for the same token windows; the
-perplexity on each side follows :mod:`paqbench.perplexity` (mean next-token NLL per
+perplexity on each side follows :mod:`paqbench.measure.perplexity` (mean next-token NLL per
 window, ``exp`` of the mean over windows).
 """
 
