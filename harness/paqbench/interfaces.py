@@ -60,6 +60,9 @@ class Method(_Described, ABC):
     accepts: ClassVar[frozenset[str]] = frozenset({"dense"})
     #: Whether ``ctx.calibration_batches()`` is used; shown in listings.
     needs_calibration: ClassVar[bool] = False
+    #: Whether it runs on a model whose weights are left on disk (``model.offload: disk``):
+    #: it must reach the weights only through :mod:`paqbench.blockwise.driver`.
+    supports_offload: ClassVar[bool] = False
 
     @abstractmethod
     def apply(self, model: torch.nn.Module, params: Any, ctx: RunContext) -> dict[str, Any] | None:
@@ -87,6 +90,10 @@ class Metric(_Described, ABC):
     A ``dataset`` parameter (with ``split`` and ``seqlen``) is checked at validation like
     ``calibration.dataset``; other data a metric reads is declared by :meth:`data_origins`.
     """
+
+    #: Whether it measures a model whose weights are left on disk (``model.offload: disk``);
+    #: otherwise the runner records it as unavailable for such a model.
+    supports_offload: ClassVar[bool] = False
 
     @abstractmethod
     def measure(self, model: torch.nn.Module, params: Any, ctx: RunContext) -> Iterable[Measurement]:

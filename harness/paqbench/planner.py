@@ -179,7 +179,7 @@ def build_plan(loaded: LoadedSuite, registry: Registry, overrides: Overrides | N
 
     common = {
         "metrics": metrics,
-        "model": model.model_dump(),
+        "model": model.hashed(),
         "model_source": model_source,
         "calibration": suite.calibration.model_dump(),
         "seed": suite.seed,
@@ -206,6 +206,8 @@ def build_plan(loaded: LoadedSuite, registry: Registry, overrides: Overrides | N
                 searches.append(SearchSpec(name=name, pipeline=pipeline.name, template=spec, **search))
 
     _check_engine_exports(loaded, metrics, [*runs, *(s.template for s in searches)], problems)
+    if model.offload == "disk":
+        _check_offload(loaded, registry, [*runs, *(s.template for s in searches)], problems)
     data: list[str] = []
     if not problems:
         calibrates = any(registry.method(step["method"]).needs_calibration
@@ -216,6 +218,22 @@ def build_plan(loaded: LoadedSuite, registry: Registry, overrides: Overrides | N
     resolved = suite.model_dump()
     resolved["model"] = common["model"]
     return Plan(suite_name=suite.name, runs=runs, resolved_suite=resolved, searches=searches, data=data)
+
+
+def _check_offload(loaded: LoadedSuite, registry: Registry, specs: list[RunSpec], problems: list[Problem]) -> None:
+    """With the weights left on disk only methods that work block by block can run."""
+    refused: set[str] = set()
+    for spec in specs:
+        for step in spec.steps:
+            name = step["method"]
+            if name in refused or registry.method(name).supports_offload:
+                continue
+            refused.add(name)
+            able = sorted(n for n, e in registry.entries["methods"].items() if e.cls.supports_offload)
+            problems.append(loaded.problem(("model", "offload"), (
+                f"method {name!r} (pipeline {spec.pipeline!r}) needs the whole model in memory and cannot run "
+                f"with model.offload: disk; block-by-block methods: {', '.join(able)}"
+            )))
 
 
 def _check_engine_exports(

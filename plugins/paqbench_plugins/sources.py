@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from paqbench import ModelSource, hookimpl
+from paqbench.blockwise.offload import OffloadError, checkpoint_files
 from paqbench.models.cache import float_copy_of
 from paqbench.models.embedded import (
     SMOLLM2_INSTALL,
@@ -14,7 +15,7 @@ from paqbench.models.embedded import (
     smollm2_gguf_path,
     tiny_random_llama,
 )
-from paqbench.models.transformers_loader import load_pretrained
+from paqbench.models.transformers_loader import load_offloaded, load_pretrained
 
 
 class HubSource(ModelSource):
@@ -23,18 +24,47 @@ class HubSource(ModelSource):
     description = "A model on the Hugging Face hub (org/name), loaded with transformers."
 
     def load(self, config: Any, ctx: Any):
+        if config.offload == "disk":
+            return load_offloaded(config.source, config, ctx.device, ctx.dtype, ctx.scratch_dir / "offload")
         return load_pretrained(config.source, config, ctx.device, ctx.dtype, gguf_file=config.gguf_file)
+
+    @staticmethod
+    def unavailable_reason(config: Any) -> str | None:
+        if config.offload == "disk" and config.gguf_file:
+            return _NO_GGUF_OFFLOAD
+        return None
 
 
 class LocalSource(HubSource):
     name = "local"
     description = "A local directory saved with save_pretrained (config.json + weights)."
 
+    @staticmethod
+    def unavailable_reason(config: Any) -> str | None:
+        if config.offload == "disk":
+            if config.gguf_file:
+                return _NO_GGUF_OFFLOAD
+            try:
+                checkpoint_files(Path(config.source).expanduser())
+            except OffloadError as exc:
+                return str(exc)
+        return None
+
+
+_NO_GGUF_OFFLOAD = (
+    "model.offload: disk reads safetensors weights block by block; a GGUF file is dequantized whole on load "
+    "(save it with save_pretrained first, or remove model.offload)"
+)
+
 
 class GGUFSource(ModelSource):
     name = "gguf"
     generic = True
     description = "A GGUF file (local path, or gguf_file inside a hub repo); dequantized to float."
+
+    @staticmethod
+    def unavailable_reason(config: Any) -> str | None:
+        return _NO_GGUF_OFFLOAD if config.offload == "disk" else None
 
     def load(self, config: Any, ctx: Any):
         path = Path(config.source).expanduser()
@@ -62,6 +92,11 @@ class SmolLM2Source(ModelSource):
         if path is None:
             raise RuntimeError(self.unavailable_reason(config))
         copy = float_copy_of(path)
+        if config.offload == "disk":  # the float copy is a safetensors directory
+            if copy is None:
+                raise RuntimeError("model.offload: disk needs the float copy of smollm2-135m, and the cache "
+                                   "directory is not writable (see PAQBENCH_CACHE_DIR)")
+            return load_offloaded(str(copy), config, ctx.device, ctx.dtype, ctx.scratch_dir / "offload")
         if copy is not None:
             return load_pretrained(str(copy), config, ctx.device, ctx.dtype)
         return load_pretrained(str(path.parent), config, ctx.device, ctx.dtype, gguf_file=path.name)
@@ -75,6 +110,13 @@ class TinyRandomLlamaSource(ModelSource):
         "override its LlamaConfig (e.g. hidden_size, num_hidden_layers) to build a random "
         "model of any shape for timing studies."
     )
+
+    @staticmethod
+    def unavailable_reason(config: Any) -> str | None:
+        if config.offload == "disk":
+            return ("tiny-random-llama is built in memory and has no weights on disk for model.offload: disk "
+                    "(save it with save_pretrained and point model.source at that directory)")
+        return None
 
     def load(self, config: Any, ctx: Any):
         model = tiny_random_llama(seed=0, dtype=ctx.dtype, **config.options).to(ctx.device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,6 +55,35 @@ def load_pretrained(
     if config.tokenizer:
         tokenizer_kwargs.pop("gguf_file", None)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path, **tokenizer_kwargs)
+    prepare_tokenizer(tokenizer)
+    return model, tokenizer
+
+
+def load_offloaded(
+    source: str, config: ModelConfig, device: torch.device, dtype: torch.dtype, folder: Path
+) -> tuple[torch.nn.Module, Any]:
+    """The model of a safetensors checkpoint (a directory, or a hub id fetched into the
+    hub cache) with its decoder blocks left on disk (``model.offload: disk``,
+    :mod:`paqbench.blockwise.offload`), and its tokenizer. Changed weights go to ``folder``."""
+    from transformers import AutoTokenizer
+
+    from paqbench.blockwise.offload import attach_offload, empty_model
+
+    quiet_transformers()
+    directory = Path(source).expanduser()
+    if not directory.is_dir():
+        from huggingface_hub import snapshot_download
+
+        directory = Path(snapshot_download(
+            source, revision=config.revision,
+            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "tokenizer*"],
+        ))
+    model = empty_model(directory, dtype, trust_remote_code=config.trust_remote_code)
+    attach_offload(model, directory, Path(config.offload_folder or folder), device, dtype)
+    tokenizer_kwargs: dict[str, Any] = {"trust_remote_code": True} if config.trust_remote_code else {}
+    if config.revision and config.tokenizer is None:
+        tokenizer_kwargs["revision"] = config.revision
+    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or str(directory), **tokenizer_kwargs)
     prepare_tokenizer(tokenizer)
     return model, tokenizer
 

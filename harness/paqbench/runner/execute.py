@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from paqbench.blockwise.offload import offload_of
 from paqbench.context import RunContext
 from paqbench.environment import capture_environment
 from paqbench.interfaces import Measurement, Unavailable
@@ -143,6 +144,9 @@ def _execute(spec: RunSpec, registry: Registry, result: RunResult, scratch: Path
         record = PhaseRecord(step["method"], 0.0, params=step["params"])
         result.steps.append(record)
         try:
+            if offload_of(model) is not None and not cls.supports_offload:
+                raise ValueError(f"method {step['method']!r} needs the whole model in memory and cannot run with "
+                                 "model.offload: disk")
             with PeakMemory(device) as peak:
                 info = cls().apply(model, cls.Params.model_validate(step["params"]), ctx)
         except Exception as exc:
@@ -168,6 +172,12 @@ def _execute(spec: RunSpec, registry: Registry, result: RunResult, scratch: Path
         began = time.perf_counter()
         record = PhaseRecord(metric["name"], 0.0, params=metric["params"])
         result.metrics.append(record)
+        if offload_of(model) is not None and not cls.supports_offload:
+            reason = (f"the model's weights are left on disk (model.offload: disk) and {metric['name']} needs the "
+                      "whole model in memory; perplexity runs block by block")
+            result.measurements.append(Measurement.unavailable_because(metric["name"], "*", "", reason).to_dict())
+            record.info = {"unavailable": reason}
+            continue
         try:
             with PeakMemory(device) as peak:
                 for measurement in cls().measure(model, cls.Params.model_validate(metric["params"]), ctx):

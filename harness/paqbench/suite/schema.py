@@ -34,6 +34,14 @@ class ModelConfig(_Strict):
     dtype: DType = Field("auto", description="auto: float32 on CPU, bfloat16 on CUDA")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps")
     device_map: str | dict[str, Any] | None = None
+    offload: Literal["none", "disk"] = Field(
+        "none", description="disk: leave the weights in the model's safetensors files and onload one decoder "
+        "block at a time (models larger than memory; docs/large-models.md)"
+    )
+    offload_folder: str | None = Field(
+        None, description="with offload: disk, where weights a method changes are written (default: the run's "
+        "scratch folder, removed after the run)"
+    )
     trust_remote_code: bool = False
     options: dict[str, Any] = Field(
         default_factory=dict, description="extra keyword arguments for from_pretrained"
@@ -43,6 +51,26 @@ class ModelConfig(_Strict):
     @classmethod
     def _from_string(cls, value: Any) -> Any:
         return {"source": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _offload_alone(self) -> ModelConfig:
+        if self.offload == "disk" and self.device_map is not None:
+            raise ValueError(
+                "model.offload: disk loads one decoder block at a time and cannot be combined with "
+                "model.device_map; remove one of them"
+            )
+        if self.offload_folder is not None and self.offload != "disk":
+            raise ValueError("model.offload_folder needs model.offload: disk")
+        return self
+
+    def hashed(self) -> dict[str, Any]:
+        """The fields that decide a run's results: the offload fields only when offloading,
+        so suites that never offload keep their configuration hashes."""
+        data = self.model_dump()
+        if self.offload == "none":
+            data.pop("offload")
+            data.pop("offload_folder")
+        return data
 
     @field_validator("options")
     @classmethod

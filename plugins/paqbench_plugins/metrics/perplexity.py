@@ -27,6 +27,7 @@ class Perplexity(Metric):
         "non-overlapping windows of seqlen tokens, exp(mean window NLL)."
     )
     Params = PerplexityParams
+    supports_offload = True  # window_nlls runs block by block on weights left on disk
 
     def measure(self, model, params: PerplexityParams, ctx):
         corpus = ctx.dataset(params.dataset, params.split)
