@@ -18,10 +18,15 @@ import torch.nn.functional as F
 @dataclass(frozen=True)
 class Tolerance:
     """When an engine counts as computing the same model: its perplexity within
-    ``ppl_rel`` of paqbench's and the same top-1 token at ``top1`` of the positions."""
+    ``ppl_rel`` of paqbench's, the same top-1 token at ``top1`` of all positions and at
+    ``top1_decisive`` of the decisive ones — where paqbench's top-1 logit leads the
+    runner-up by at least ``decisive_margin``. An engine that rounds activations flips
+    near-ties (margins of a few hundredths of a logit) but never a clear choice."""
 
     ppl_rel: float = 0.005
     top1: float = 0.99
+    top1_decisive: float = 0.99
+    decisive_margin: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,8 @@ class Agreement:
     max_abs_logit: float
     mean_kl: float
     top1: float
+    top1_decisive: float
+    decisive_positions: int
     ppl_reference: float
     ppl_engine: float
     positions: int
@@ -60,11 +67,17 @@ def compare(reference: torch.Tensor, engine: torch.Tensor, ids: torch.Tensor,
     log_p = F.log_softmax(reference, dim=-1)
     log_q = F.log_softmax(engine, dim=-1)
     kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
-    top1 = (reference.argmax(dim=-1) == engine.argmax(dim=-1)).float().mean()
+    same = reference.argmax(dim=-1) == engine.argmax(dim=-1)
+    top1 = float(same.float().mean())
+    leaders = reference.topk(2, dim=-1).values
+    decisive = (leaders[..., 0] - leaders[..., 1]) >= tolerance.decisive_margin
+    top1_decisive = float(same[decisive].float().mean()) if bool(decisive.any()) else 1.0
     ppl_ref, ppl_engine = perplexity(reference, ids), perplexity(engine, ids)
-    passed = abs(ppl_engine / ppl_ref - 1.0) <= tolerance.ppl_rel and float(top1) >= tolerance.top1
+    passed = (abs(ppl_engine / ppl_ref - 1.0) <= tolerance.ppl_rel and top1 >= tolerance.top1
+              and top1_decisive >= tolerance.top1_decisive)
     return Agreement(
-        max_abs_logit=float((reference - engine).abs().max()), mean_kl=float(kl.mean()), top1=float(top1),
+        max_abs_logit=float((reference - engine).abs().max()), mean_kl=float(kl.mean()), top1=top1,
+        top1_decisive=top1_decisive, decisive_positions=int(decisive.sum()),
         ppl_reference=ppl_ref, ppl_engine=ppl_engine, positions=int(ids.numel()), passed=passed,
     )
 
