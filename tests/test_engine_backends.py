@@ -19,6 +19,8 @@ from paqbench.export import export_model
 from paqbench.export.record import ExportRecord
 from paqbench.models.embedded import byte_tokenizer, tiny_random_llama
 from paqbench.registry import get_registry
+from paqbench_plugins.metrics import energy
+from paqbench_plugins.metrics.energy import Energy, EnergyCounter
 from paqbench_plugins.metrics.latency import Latency
 from paqbench_plugins.metrics.memory import Memory
 from paqbench_plugins.metrics.samples import Samples
@@ -262,3 +264,36 @@ def test_smollm2_suite_times_its_gguf_in_llama_cpp(tmp_path, llama_cpp):
         assert got["tpot"]["details"]["quant_type"] == quant and got["tpot"]["details"]["threads"] == 2
     types = {m["name"]: m for m in runs["rtn"]["measurements"] if m["metric"] == "latency"}["tpot"]["details"]
     assert types["tensor_types"] == {"F32": 61, "Q4_0": 210, "Q8_0": 1}
+
+
+def test_llama_cpp_energy_counts_the_engine_window_on_the_cpu_counter(exported, llama_cpp, monkeypatch):
+    """A 10 W synthetic CPU counter on the fake clock that llama.cpp's eval advances: the
+    window is the engine's calls only (warm-up excluded), per generated token."""
+    model, ctx = exported
+    now, watts, devices = FakeTime(), 10.0, []
+    _engine_costs(monkeypatch, llama_cpp, now, prefill_s=0.25, step_s=0.0625)
+
+    def counter_for(device):
+        devices.append(device)
+        return EnergyCounter("synthetic", "test", lambda: [round(now() * watts * 1e6)],
+                             lambda b, a: (a[0] - b[0]) / 1e6)
+
+    monkeypatch.setattr(energy, "energy_counter", counter_for)
+    params = Energy.Params(backend="llama.cpp", **FAKE)
+    got = _by_name(Energy(now=now).measure(model, params, ctx))
+    per_token, power = got["joules_per_token"], got["average_watts"]
+    assert devices == [torch.device("cpu")]
+    call_s = 0.25 + 3 * 0.0625  # prefill, then 3 single-token evals for 4 new tokens
+    assert per_token.details["iterations"] == 3 and per_token.details["window_s"] == 3 * call_s
+    assert per_token.value == pytest.approx(watts * 3 * call_s / (3 * 4))
+    assert power.value == pytest.approx(watts)
+    assert per_token.details["backend"] == "llama.cpp" and per_token.details["quant_type"] == "MOSTLY_Q4_0"
+
+
+def test_energy_engine_backend_without_export_is_unavailable_with_the_fix(make_context, llama_cpp, monkeypatch):
+    monkeypatch.setattr(energy, "energy_counter", lambda device: EnergyCounter(
+        "synthetic", "test", lambda: [0], lambda b, a: 0.0))
+    got = _by_name(Energy().measure(tiny_quantized(), Energy.Params(backend="llama.cpp", **FAKE), make_context()))
+    assert all(m.value is None and "add `export: [gguf]`" in m.unavailable for m in got.values())
+    with pytest.raises(ValueError, match="batch_size must be 1"):
+        Energy.Params(backend="llama.cpp", batch_size=2)

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from paqbench import Metric, Params, Unavailable, hookimpl
+from paqbench.engines import Backend, EngineUnavailable, open_engine
 from paqbench.measure import nvml
 from paqbench.models.device import input_device
 from paqbench_plugins.metrics.latency import (
@@ -31,6 +32,7 @@ from paqbench_plugins.metrics.latency import (
     generation_loop,
     iteration_bounds,
     prepare_generation,
+    repeat_until,
     timed_generate,
 )
 
@@ -53,6 +55,23 @@ class EnergyParams(Params):
     )
     dataset: str = Field("embedded", description="dataset the prompt text is taken from")
     split: str = Field("test", description="split of that dataset")
+    backend: Backend = Field(
+        "torch", description="torch: paqbench's model in memory; llama.cpp: the run's GGUF export (RAPL); "
+        "vllm: its compressed-tensors export (NVML of cuda:0)"
+    )
+    threads: int | None = Field(
+        None, gt=0, description="llama.cpp threads (prompt and decode); default: torch's thread count"
+    )
+
+    @model_validator(mode="after")
+    def _engine_batch(self) -> EnergyParams:
+        if self.backend == "llama.cpp" and self.batch_size != 1:
+            raise ValueError("the llama.cpp backend generates one row: batch_size must be 1")
+        return self
+
+
+#: The device whose counter sees each engine backend's work.
+ENGINE_DEVICE = {"llama.cpp": torch.device("cpu"), "vllm": torch.device("cuda", 0)}
 
 
 @dataclass
@@ -143,7 +162,9 @@ class Energy(Metric):
         "energy counter or, for a CPU model, the RAPL package counters; unavailable with the "
         "reason where neither is readable. The counters see the whole device. Params: "
         "prompt_tokens, new_tokens, batch_size, warmup, min_iterations, min_seconds, "
-        "max_iterations, dataset, split. Cost: warmup + window generate calls."
+        "max_iterations, dataset, split, backend (torch | llama.cpp | vllm: the run's GGUF / "
+        "compressed-tensors export, same prompt and token counts), threads. Cost: warmup + window "
+        "generate calls."
     )
     Params = EnergyParams
 
@@ -151,7 +172,8 @@ class Energy(Metric):
         self.now = now  # the host clock of the window; tests inject a fake one
 
     def measure(self, model, params: EnergyParams, ctx):
-        counter = energy_counter(input_device(model))
+        device = ENGINE_DEVICE[params.backend] if params.backend != "torch" else input_device(model)
+        counter = energy_counter(device)
         if isinstance(counter, str):
             yield from self._unavailable(counter)
             return
@@ -159,10 +181,38 @@ class Energy(Metric):
             model, ctx, prompt_tokens=params.prompt_tokens, new_tokens=params.new_tokens,
             batch_size=params.batch_size, dataset=params.dataset, split=params.split,
         )
-        clock = Clock(setup.device, self.now)
         min_iterations, cap = iteration_bounds(
             params.min_iterations, params.max_iterations, ctx.limit
         )
+        if params.backend == "torch":
+            window = self._torch_window(model, setup, counter, params, min_iterations, cap)
+        else:
+            try:
+                window = self._engine_window(setup, counter, params, ctx, min_iterations, cap)
+            except EngineUnavailable as exc:
+                yield from self._unavailable(str(exc))
+                return
+        iterations, joules, wall_s, engine_details = window
+        if joules <= 0:
+            yield from self._unavailable(
+                f"the energy counter ({counter.source}) did not advance over a {wall_s:.3f} s "
+                "window; use a longer window (min_seconds)"
+            )
+            return
+        tokens = iterations * params.batch_size * params.new_tokens
+        details = setup.describe(model) | engine_details | {
+            "counter": counter.source, "counts": counter.scope, "window_s": wall_s,
+            "window_joules": joules, "iterations": iterations, "generated_tokens": tokens,
+            "warmup": params.warmup,
+            "per_token": "energy of whole generate calls (prefill and decode) / generated tokens",
+        }
+        yield self.make("joules_per_token", joules / tokens, "J/token", "lower", details=details)
+        yield self.make("average_watts", joules / wall_s, "W", None, details=details)
+
+    def _torch_window(self, model, setup, counter: EnergyCounter, params: EnergyParams, min_iterations: int,
+                      cap: int | None) -> tuple[int, float, float, dict]:
+        """Warm-up, then (calls, joules, seconds) of the window of paqbench's own generate calls."""
+        clock = Clock(setup.device, self.now)
         with eval_mode(model):
             for _ in range(params.warmup):
                 timed_generate(model, setup, clock)
@@ -171,23 +221,33 @@ class Energy(Metric):
             timings, _ = generation_loop(model, setup, clock, min_iterations=min_iterations,
                                          min_seconds=params.min_seconds, max_iterations=cap)
             after, wall_s = counter.read(), clock.now() - began
+        return len(timings), counter.joules(before, after), wall_s, {}
 
-        joules = counter.joules(before, after)
-        if joules <= 0:
-            yield from self._unavailable(
-                f"the energy counter ({counter.source}) did not advance over a {wall_s:.3f} s "
-                "window; use a longer window (min_seconds)"
-            )
-            return
-        tokens = len(timings) * params.batch_size * params.new_tokens
-        details = setup.describe(model) | {
-            "counter": counter.source, "counts": counter.scope, "window_s": wall_s,
-            "window_joules": joules, "iterations": len(timings), "generated_tokens": tokens,
-            "warmup": params.warmup,
-            "per_token": "energy of whole generate calls (prefill and decode) / generated tokens",
-        }
-        yield self.make("joules_per_token", joules / tokens, "J/token", "lower", details=details)
-        yield self.make("average_watts", joules / wall_s, "W", None, details=details)
+    def _engine_window(self, setup, counter: EnergyCounter, params: EnergyParams, ctx, min_iterations: int,
+                       cap: int | None) -> tuple[int, float, float, dict]:
+        """The same window over the run's export in ``params.backend``, with the torch path's
+        prompt ids and token counts. Raises :class:`EngineUnavailable`."""
+        ids = setup.inputs["input_ids"][0].tolist()
+        engine = open_engine(params.backend, ctx, n_ctx=params.prompt_tokens + params.new_tokens,
+                             threads=params.threads)
+        clock = Clock(torch.device("cpu"), self.now)
+        try:
+            for _ in range(params.warmup):
+                engine.generate(ids, params.new_tokens, params.batch_size, clock.now)
+            calls: list[int] = []
+
+            def call(index: int) -> None:
+                engine.generate(ids, params.new_tokens, params.batch_size, clock.now)
+                calls.append(index)
+
+            before, began = counter.read(), clock.now()
+            repeat_until(call, clock, min_iterations=min_iterations, min_seconds=params.min_seconds,
+                         max_iterations=cap)
+            after, wall_s = counter.read(), clock.now() - began
+            details = engine.describe()
+        finally:
+            engine.close()
+        return len(calls), counter.joules(before, after), wall_s, details
 
     def _unavailable(self, reason: str):
         # unit and direction kept, so a report can still label the column
