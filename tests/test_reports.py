@@ -87,6 +87,19 @@ def test_headline_has_at_most_eight_columns_one_per_role():
         ("speed", "latency/decode_speedup"), ("memory", "memory/weights")]
 
 
+def test_engine_backend_speedup_is_titled_torch_against_the_engine():
+    """With backend llama.cpp the pair is paqbench's torch path vs the engine on the same
+    model, not baseline vs run: the column says so."""
+    found = runs()
+    for measurement in (x for r in found for x in r["measurements"] if x["name"] == "decode_speedup"):
+        measurement["details"] = {"backend": "llama.cpp"}
+    speed = next(c for c in headline_columns(found) if c.key == "latency/decode_speedup")
+    assert speed.title == "decode speedup (llama.cpp vs torch, paired)"
+    assert speed.meaning.startswith("paqbench's torch time / llama.cpp's time")
+    plain = next(c for c in headline_columns(runs()) if c.key == "latency/decode_speedup")
+    assert plain.title == "decode speedup (paired)"
+
+
 def test_headline_cells_recovery_speedup_and_masks_footnote():
     table = headline(runs())
     rows = {row[0].text: [c.text for c in row] for row in table.rows}

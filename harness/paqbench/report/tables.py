@@ -140,8 +140,24 @@ def _title(key: str) -> str:
 
 def _column(runs: Sequence[Run], role: str, key: str, title: str | None = None) -> Column:
     recorded = _recorded(runs, key) or {}
-    return Column(role, title or _title(key), key, recorded.get("unit", ""), recorded.get("better"),
-                  MEANINGS.get(key, ""))
+    engine = _engine_speedup(key, recorded)
+    if engine is not None:
+        title, meaning = engine
+    else:
+        title, meaning = title or _title(key), MEANINGS.get(key, "")
+    return Column(role, title, key, recorded.get("unit", ""), recorded.get("better"), meaning)
+
+
+def _engine_speedup(key: str, recorded: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Title and meaning of a latency speedup measured in an engine backend: there the pair
+    is paqbench's torch path against the engine on the same model, not baseline against run."""
+    backend = (recorded.get("details") or {}).get("backend")
+    if key not in ("latency/decode_speedup", "latency/prefill_speedup") or backend in (None, "torch"):
+        return None
+    phase = key.split("/")[1].removesuffix("_speedup")
+    return (f"{phase} speedup ({backend} vs torch, paired)",
+            f"paqbench's torch time / {backend}'s time for this run's model (the same codes), per pair of "
+            "back-to-back calls; median over pairs")
 
 
 def quality_keys(runs: Sequence[Run]) -> list[str]:
