@@ -21,9 +21,9 @@ from paqbench.quant.linear import QuantizedLinear, load_quantized
 from paqbench.quant.quantizer import QuantConfig, quantize_rtn
 from paqbench.quant.sequential import capture_block_inputs, forward_block
 from paqbench.registry import get_registry
-from paqbench_plugins.methods.pruning.magnitude import Magnitude
-from paqbench_plugins.methods.quantization.awq import AWQ
-from paqbench_plugins.methods.quantization.rtn import RTN
+from paqbench_plugins.methods.prune.magnitude import Magnitude
+from paqbench_plugins.methods.quant.awq import AWQ
+from paqbench_plugins.methods.quant.rtn import RTN
 
 OUTLIERS = [3, 17, 40]
 

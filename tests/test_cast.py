@@ -11,9 +11,9 @@ from paqbench.models.embedded import tiny_random_llama
 from paqbench.quant import load_quantized
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.registry import get_registry
-from paqbench_plugins.methods.quantization.cast import Cast
-from paqbench_plugins.methods.quantization.embedding import EmbedRTN
-from paqbench_plugins.methods.quantization.rtn import RTN
+from paqbench_plugins.methods.quant.cast import Cast
+from paqbench_plugins.methods.quant.embedding import EmbedRTN
+from paqbench_plugins.methods.quant.rtn import RTN
 from paqbench_plugins.metrics.latency import Latency
 from tests.helpers import needs_int4
 

@@ -15,12 +15,12 @@ from paqbench.layers import get_mask, kernels_in_use, select_targets
 from paqbench.models.embedded import tiny_random_llama
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.registry import get_registry
-from paqbench_plugins.methods.distillation.distill import Distill
-from paqbench_plugins.methods.pruning.magnitude import Magnitude
-from paqbench_plugins.methods.pruning.structured import Structured
-from paqbench_plugins.methods.quantization.cast import Cast
-from paqbench_plugins.methods.quantization.embedding import EmbedRTN
-from paqbench_plugins.methods.quantization.rtn import RTN
+from paqbench_plugins.methods.distill.distill import Distill
+from paqbench_plugins.methods.prune.magnitude import Magnitude
+from paqbench_plugins.methods.prune.structured import Structured
+from paqbench_plugins.methods.quant.cast import Cast
+from paqbench_plugins.methods.quant.embedding import EmbedRTN
+from paqbench_plugins.methods.quant.rtn import RTN
 from tests.helpers import needs_int4
 
 pytestmark = pytest.mark.usefixtures("one_thread")

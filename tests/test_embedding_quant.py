@@ -22,7 +22,7 @@ from paqbench.quant.linear import QuantizedLinear
 from paqbench.quant.packing import packed_length
 from paqbench.quant.quantizer import QuantConfig, quantize_rtn
 from paqbench.registry import get_registry
-from paqbench_plugins.methods.quantization.embedding import EmbedRTN
+from paqbench_plugins.methods.quant.embedding import EmbedRTN
 from paqbench_plugins.metrics.params import count_parameters, linear_macs
 from tests.helpers import needs_int4
 
@@ -305,7 +305,7 @@ def test_smollm2_4bit_decoder_and_table_checkpoint_is_under_0_30x_of_fp16(smollm
     checkpoint saved as the storage metric does with dtype float16 is <= 0.30x of the fp16
     dense one; perplexity on two embedded windows stays close to decoder-only RTN."""
     from paqbench.measure.perplexity import window_nlls, windows
-    from paqbench_plugins.methods.quantization.rtn import RTN
+    from paqbench_plugins.methods.quant.rtn import RTN
     from paqbench_plugins.metrics.storage import Storage
 
     model, tokenizer = smollm2

@@ -13,10 +13,10 @@ from paqbench.models.embedded import tiny_random_llama
 from paqbench.quant.fp8 import FP8Linear
 from paqbench.quant.linear import load_quantized
 from paqbench.registry import get_registry
-from paqbench_plugins.methods.pruning.l1_structured import L1Structured
-from paqbench_plugins.methods.pruning.magnitude import Magnitude
-from paqbench_plugins.methods.quantization.fp8 import FP8
-from paqbench_plugins.methods.quantization.rtn import RTN
+from paqbench_plugins.methods.prune.l1_structured import L1Structured
+from paqbench_plugins.methods.prune.magnitude import Magnitude
+from paqbench_plugins.methods.quant.fp8 import FP8
+from paqbench_plugins.methods.quant.rtn import RTN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from paqbench.blockwise.driver import layer_sequential
 from paqbench.layers import UnsupportedLayerError, get_mask, select_targets
 from paqbench.quant.gptq import HessianAccumulator, gptq_quantize
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.quant.quantizer import QuantConfig, quantize_rtn
-from paqbench.blockwise.driver import layer_sequential
 from paqbench.quant.sequential import (
     capture_block_inputs,
     collect_inputs,
@@ -18,9 +18,9 @@ from paqbench.quant.sequential import (
     record_inputs,
 )
 from paqbench.registry import get_registry
-from paqbench_plugins.methods.pruning.magnitude import Magnitude
-from paqbench_plugins.methods.quantization.gptq import GPTQ
-from paqbench_plugins.methods.quantization.rtn import RTN
+from paqbench_plugins.methods.prune.magnitude import Magnitude
+from paqbench_plugins.methods.quant.gptq import GPTQ
+from paqbench_plugins.methods.quant.rtn import RTN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

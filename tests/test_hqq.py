@@ -10,9 +10,9 @@ from paqbench.quant.hqq import group_errors, quantize_hqq, shrink_lp
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.quant.quantizer import QuantConfig, quantize_rtn
 from paqbench.registry import get_registry
-from paqbench_plugins.methods.pruning.magnitude import Magnitude
-from paqbench_plugins.methods.quantization.hqq import HQQ
-from paqbench_plugins.methods.quantization.rtn import RTN
+from paqbench_plugins.methods.prune.magnitude import Magnitude
+from paqbench_plugins.methods.quant.hqq import HQQ
+from paqbench_plugins.methods.quant.rtn import RTN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

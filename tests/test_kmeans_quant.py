@@ -16,7 +16,7 @@ from paqbench.quant.lut import LUTLinear
 from paqbench.quant.packing import pack, unpack
 from paqbench.quant.quantizer import QuantConfig, quantize_rtn
 from paqbench.registry import get_registry
-from paqbench_plugins.methods.quantization.kmeans import KMeans
+from paqbench_plugins.methods.quant.kmeans import KMeans
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -177,7 +177,7 @@ def test_weighted_kmeans_then_prune_then_save_and_load(tiny_llama, make_context,
     """Calibration-weighted fit, quantize-then-prune (magnitude edits the codes), and a
     saved checkpoint that loads back with identical outputs."""
     from paqbench.models.embedded import tiny_random_llama
-    from paqbench_plugins.methods.pruning.magnitude import Magnitude
+    from paqbench_plugins.methods.prune.magnitude import Magnitude
 
     ctx = make_context(n_samples=2, seqlen=32)
     info = KMeans().apply(tiny_llama, KMeans.Params(granularity="group", group_size=32, weighted=True), ctx)

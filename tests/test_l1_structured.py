@@ -22,8 +22,8 @@ from paqbench.layers.structured import (
     select_channels,
 )
 from paqbench.models.embedded import tiny_random_llama
-from paqbench_plugins.methods.pruning.l1_structured import L1Structured, L1StructuredParams
-from paqbench_plugins.methods.pruning.magnitude import Magnitude, MagnitudeParams
+from paqbench_plugins.methods.prune.l1_structured import L1Structured, L1StructuredParams
+from paqbench_plugins.methods.prune.magnitude import Magnitude, MagnitudeParams
 from paqbench_plugins.metrics.params import ParamsMetric, ParamsParams, count_parameters
 
 TORCH_DIM = {"input": 1, "output": 0}

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from paqbench.models.embedded import tiny_random_llama
 from paqbench.structure import angular_distances, block_influence
-from paqbench_plugins.methods.pruning.layer_drop import LayerDrop, LayerDropParams
+from paqbench_plugins.methods.prune.layer_drop import LayerDrop, LayerDropParams
 from paqbench_plugins.metrics.params import count_parameters
 
 
@@ -181,7 +181,7 @@ def test_qwen2_layer_types_follow(make_context):
 
 def test_structured_then_layer_drop_keeps_per_block_sizes(make_context, tmp_path):
     from paqbench.structure import block_parts, load_structured
-    from paqbench_plugins.methods.pruning.structured import Structured, StructuredParams
+    from paqbench_plugins.methods.prune.structured import Structured, StructuredParams
 
     model = tiny_random_llama(num_hidden_layers=4)
     ctx = make_context(n_samples=2, seqlen=32)

@@ -12,7 +12,7 @@ from torch import nn
 from paqbench.layers import UnsupportedLayerError, get_mask, select_targets
 from paqbench.prune.nm import is_nm_sparse
 from paqbench.quant.linear import QuantizedLinear
-from paqbench_plugins.methods.pruning.magnitude import Magnitude
+from paqbench_plugins.methods.prune.magnitude import Magnitude
 
 
 def prune(model, ctx, **params):
@@ -114,7 +114,7 @@ def test_nm_pattern_drops_the_smallest_of_every_group(tiny_llama, make_context, 
 
 
 def test_quantize_then_prune_gives_exact_zeros_in_the_codes(tiny_llama, make_context):
-    from paqbench_plugins.methods.quantization.rtn import RTN
+    from paqbench_plugins.methods.quant.rtn import RTN
 
     ctx = make_context()
     RTN().apply(tiny_llama, RTN.Params(bits=4, group_size=32), ctx)
@@ -130,7 +130,7 @@ def test_quantize_then_prune_gives_exact_zeros_in_the_codes(tiny_llama, make_con
 
 
 def test_prunes_the_inner_layer_of_a_structured_wrapper(tiny_llama, make_context):
-    from paqbench_plugins.methods.pruning.l1_structured import L1Structured
+    from paqbench_plugins.methods.prune.l1_structured import L1Structured
 
     ctx = make_context()
     L1Structured().apply(tiny_llama, L1Structured.Params(ratio=0.25, targets=r"mlp\.down_proj"), ctx)

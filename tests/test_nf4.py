@@ -13,7 +13,7 @@ from paqbench.quant.nf4 import DYNAMIC_MAP, NF4_TABLE, ZERO_CODE, NF4Linear
 from paqbench.quant.packing import pack, unpack
 from paqbench.quant.quantizer import QuantConfig, quantize_rtn
 from paqbench.registry import get_registry
-from paqbench_plugins.methods.quantization.nf4 import NF4
+from paqbench_plugins.methods.quant.nf4 import NF4
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -26,7 +26,7 @@ def test_builtins_are_registered_as_plugins():
     names = [name for name, _ in pm.list_name_plugin()]
     assert names == list(DEFAULT_PLUGINS)
     registry = Registry.from_plugin_manager(pm)
-    assert registry.entries["methods"]["magnitude"].plugin == "paqbench_plugins.methods.pruning.magnitude"
+    assert registry.entries["methods"]["magnitude"].plugin == "paqbench_plugins.methods.prune.magnitude"
     for kind in ("methods", "metrics", "models", "datasets", "reporters"):
         assert registry.names(kind), kind
 
@@ -47,7 +47,7 @@ def test_duplicate_name_is_an_error_naming_both_plugins():
         pm.unregister(name="clashing-plugin")
     message = str(info.value)
     assert "'magnitude'" in message
-    assert "paqbench_plugins.methods.pruning.magnitude" in message and "clashing-plugin" in message
+    assert "paqbench_plugins.methods.prune.magnitude" in message and "clashing-plugin" in message
 
 
 def test_throwaway_registration_adds_a_method():

@@ -361,7 +361,7 @@ def test_quantize_then_prune_structurally_then_save_and_load(tiny_llama, tmp_pat
     """RTN, then l1-structured pruning edits the codes (through select_*_features); the
     saved checkpoint loads back into a fresh model with identical outputs."""
     from paqbench.models.embedded import tiny_random_llama
-    from paqbench_plugins.methods.pruning.l1_structured import L1Structured
+    from paqbench_plugins.methods.prune.l1_structured import L1Structured
 
     ctx = make_context()
     quantize_model(tiny_llama, QuantConfig(4, 32))

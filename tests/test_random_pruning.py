@@ -10,9 +10,9 @@ from pydantic import ValidationError
 from paqbench.layers import get_mask, select_targets
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.registry import get_registry
-from paqbench_plugins.methods.pruning.magnitude import Magnitude
-from paqbench_plugins.methods.pruning.random import RandomPruning
-from paqbench_plugins.methods.quantization.rtn import RTN
+from paqbench_plugins.methods.prune.magnitude import Magnitude
+from paqbench_plugins.methods.prune.random import RandomPruning
+from paqbench_plugins.methods.quant.rtn import RTN
 
 
 def prune(model, ctx, **params):

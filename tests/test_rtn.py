@@ -9,8 +9,8 @@ from pydantic import ValidationError
 from paqbench.layers import UnsupportedLayerError, get_mask, layer_kind, select_targets
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.registry import get_registry
-from paqbench_plugins.methods.pruning.magnitude import Magnitude
-from paqbench_plugins.methods.quantization.rtn import RTN
+from paqbench_plugins.methods.prune.magnitude import Magnitude
+from paqbench_plugins.methods.quant.rtn import RTN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

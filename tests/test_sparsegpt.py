@@ -16,10 +16,10 @@ from paqbench.prune.sparsegpt import sparsegpt_prune
 from paqbench.quant.gptq import HessianAccumulator
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.quant.quantizer import QuantConfig, quantize_rtn
-from paqbench_plugins.methods.pruning.magnitude import Magnitude
-from paqbench_plugins.methods.pruning.sparsegpt import SparseGPT
-from paqbench_plugins.methods.quantization.gptq import GPTQ
-from paqbench_plugins.methods.quantization.rtn import RTN
+from paqbench_plugins.methods.prune.magnitude import Magnitude
+from paqbench_plugins.methods.prune.sparsegpt import SparseGPT
+from paqbench_plugins.methods.quant.gptq import GPTQ
+from paqbench_plugins.methods.quant.rtn import RTN
 from tests.test_wanda import anisotropic_layer, block_errors, block_linear_inputs, reconstruction_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")

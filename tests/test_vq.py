@@ -15,7 +15,7 @@ from paqbench.quant.linear import load_quantized
 from paqbench.quant.packing import pack, unpack
 from paqbench.quant.vq import VQLinear
 from paqbench.registry import get_registry
-from paqbench_plugins.methods.quantization.vq import VQ
+from paqbench_plugins.methods.quant.vq import VQ
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -177,7 +177,7 @@ def test_invalid_parameters_are_rejected(bad):
 
 def test_prune_then_vq_then_slice_then_save_and_load(tiny_llama, make_context, tmp_path):
     from paqbench.models.embedded import tiny_random_llama
-    from paqbench_plugins.methods.pruning.magnitude import Magnitude
+    from paqbench_plugins.methods.prune.magnitude import Magnitude
 
     ctx = make_context(n_samples=2, seqlen=32)
     Magnitude().apply(tiny_llama, Magnitude.Params(sparsity=0.3, targets=r"self_attn"), ctx)

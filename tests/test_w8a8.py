@@ -12,10 +12,10 @@ from paqbench.quant import kernels
 from paqbench.quant.linear import load_quantized
 from paqbench.quant.w8a8 import Int8DynamicLinear, probe_exact, reference_accumulate
 from paqbench.registry import get_registry
-from paqbench_plugins.methods.pruning.l1_structured import L1Structured
-from paqbench_plugins.methods.pruning.magnitude import Magnitude
-from paqbench_plugins.methods.quantization.rtn import RTN
-from paqbench_plugins.methods.quantization.w8a8 import W8A8
+from paqbench_plugins.methods.prune.l1_structured import L1Structured
+from paqbench_plugins.methods.prune.magnitude import Magnitude
+from paqbench_plugins.methods.quant.rtn import RTN
+from paqbench_plugins.methods.quant.w8a8 import W8A8
 from paqbench_plugins.metrics.params import count_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,9 +13,9 @@ from paqbench.prune.nm import NMPattern, is_nm_sparse, nm_keep_mask
 from paqbench.prune.wanda import InputNormAccumulator, wanda_scores
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.quant.sequential import capture_block_inputs, forward_block, record_inputs
-from paqbench_plugins.methods.pruning.magnitude import Magnitude
-from paqbench_plugins.methods.pruning.wanda import Wanda
-from paqbench_plugins.methods.quantization.rtn import RTN
+from paqbench_plugins.methods.prune.magnitude import Magnitude
+from paqbench_plugins.methods.prune.wanda import Wanda
+from paqbench_plugins.methods.quant.rtn import RTN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,7 +8,7 @@ Environment variables:
     empty string to load no third-party plugin at all.
 ``PAQBENCH_BLOCK_PLUGINS``
     Comma-separated plugin names never to load. Built-ins can be blocked by their short
-    name (``magnitude``) or module name (``paqbench_plugins.methods.pruning.magnitude``).
+    name (``magnitude``) or module name (``paqbench_plugins.methods.prune.magnitude``).
 """
 
 from __future__ import annotations

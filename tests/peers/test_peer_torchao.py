@@ -14,7 +14,7 @@ from paqbench.layers import get_mask, layer_kind, select_targets
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.quant.w8a8 import Int8DynamicLinear
 from paqbench_plugins.methods.peers.torchao_peer import TorchAO, peer_weight, torchao_config
-from paqbench_plugins.methods.pruning.magnitude import Magnitude
+from paqbench_plugins.methods.prune.magnitude import Magnitude
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

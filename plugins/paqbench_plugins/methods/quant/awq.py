@@ -19,7 +19,7 @@ from paqbench.layers import check_supported, select_targets
 from paqbench.quant.awq import AWQConfig, awq_block
 from paqbench.quant.linear import QuantizedLinear, replace_module
 from paqbench.quant.sequential import BlockInputs
-from paqbench_plugins.methods.quantization.rtn import WeightQuantParams, summarize
+from paqbench_plugins.methods.quant.rtn import WeightQuantParams, summarize
 
 
 class AWQParams(WeightQuantParams):

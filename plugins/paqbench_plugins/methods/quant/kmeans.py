@@ -23,7 +23,7 @@ from paqbench.layers import check_supported, select_targets
 from paqbench.quant.codebook import input_second_moments
 from paqbench.quant.linear import replace_module
 from paqbench.quant.lut import LUTLinear
-from paqbench_plugins.methods.quantization.rtn import summarize
+from paqbench_plugins.methods.quant.rtn import summarize
 
 
 class KMeansParams(Params):

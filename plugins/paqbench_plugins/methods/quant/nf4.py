@@ -17,7 +17,7 @@ from paqbench.blockwise.driver import each_target
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.linear import replace_module
 from paqbench.quant.nf4 import NF4Linear
-from paqbench_plugins.methods.quantization.rtn import summarize
+from paqbench_plugins.methods.quant.rtn import summarize
 
 
 class NF4Params(Params):

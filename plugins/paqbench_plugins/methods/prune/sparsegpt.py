@@ -147,7 +147,7 @@ class SparseGPT(Method):
             facts = {**pruning_facts(modules, pattern), "calibration_windows": len(batches), **stats}
         quantized = {n: m for n in names if isinstance(m := model.get_submodule(n), QuantizedLinear)}
         if config is not None or any(layer_kind(m) == "quantized" for m in map(model.get_submodule, names)):
-            from paqbench_plugins.methods.quantization.rtn import summarize
+            from paqbench_plugins.methods.quant.rtn import summarize
 
             facts.update({k: v for k, v in summarize(quantized).items() if k != "layers"})
         return facts

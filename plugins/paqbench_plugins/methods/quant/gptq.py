@@ -17,7 +17,7 @@ from paqbench.layers import check_supported, get_mask, select_targets
 from paqbench.quant.gptq import HessianAccumulator, gptq_quantize
 from paqbench.quant.linear import QuantizedLinear, replace_module
 from paqbench.quant.quantizer import keep_mask
-from paqbench_plugins.methods.quantization.rtn import WeightQuantParams, summarize
+from paqbench_plugins.methods.quant.rtn import WeightQuantParams, summarize
 
 
 class GPTQParams(WeightQuantParams):
