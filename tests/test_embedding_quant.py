@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from paqbench.layers import UnsupportedLayerError
+from paqbench.measure.counting import count_parameters, linear_macs
 from paqbench.models.embedded import tiny_random_llama
 from paqbench.quant import embedding as embedding_module
 from paqbench.quant import load_quantized
@@ -23,7 +24,6 @@ from paqbench.quant.packing import packed_length
 from paqbench.quant.quantizer import QuantConfig, quantize_rtn
 from paqbench.registry import get_registry
 from paqbench_plugins.methods.quant.embedding import EmbedRTN
-from paqbench_plugins.metrics.params import count_parameters, linear_macs
 from tests.helpers import needs_int4
 
 VOCAB, DIM = 260, 64

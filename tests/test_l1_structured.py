@@ -21,10 +21,11 @@ from paqbench.layers.structured import (
     rebuild_structured,
     select_channels,
 )
+from paqbench.measure.counting import count_parameters
 from paqbench.models.embedded import tiny_random_llama
 from paqbench_plugins.methods.prune.l1_structured import L1Structured, L1StructuredParams
 from paqbench_plugins.methods.prune.magnitude import Magnitude, MagnitudeParams
-from paqbench_plugins.metrics.params import ParamsMetric, ParamsParams, count_parameters
+from paqbench_plugins.metrics.params import ParamsMetric, ParamsParams
 
 TORCH_DIM = {"input": 1, "output": 0}
 TORCH_NORM = {"l1": 1, "l2": 2}

@@ -13,10 +13,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from paqbench.models.embedded import tiny_random_llama
-from paqbench_plugins.metrics.latency import (
+from paqbench.measure.timing import (
     Clock,
-    Latency,
     derive_rates,
     eval_mode,
     iteration_bounds,
@@ -26,6 +24,8 @@ from paqbench_plugins.metrics.latency import (
     repeat_until,
     timed_generate,
 )
+from paqbench.models.embedded import tiny_random_llama
+from paqbench_plugins.metrics.latency import Latency
 from tests.fake_clock import FakeTime, costing
 
 TINY = dict(prompt_tokens=16, new_tokens=8, warmup=1, min_iterations=3, min_seconds=0)

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
+from paqbench.measure.counting import count_parameters
 from paqbench.models.embedded import tiny_random_llama
 from paqbench.structure import angular_distances, block_influence
 from paqbench_plugins.methods.prune.layer_drop import LayerDrop, LayerDropParams
-from paqbench_plugins.metrics.params import count_parameters
 
 
 def apply(model, ctx, **params):

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from paqbench_plugins.metrics.params import ParamsMetric, count_parameters
+from paqbench.measure.counting import count_parameters
+from paqbench_plugins.metrics.params import ParamsMetric
 from paqbench_plugins.metrics.storage import Storage
 
 

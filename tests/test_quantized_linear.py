@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from paqbench.layers import get_mask, layer_kind, select_targets, set_mask
+from paqbench.measure.counting import count_parameters
 from paqbench.quant import kernels
 from paqbench.quant.linear import QuantizedLinear, load_quantized, replace_module
 from paqbench.quant.quantizer import QuantConfig, QuantizedWeight, quantize_rtn
-from paqbench_plugins.metrics.params import count_parameters
 from tests.helpers import needs_int4, needs_int8
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,13 +13,13 @@ from pydantic import ValidationError
 from torch import nn
 
 from paqbench.layers import UnsupportedLayerError
+from paqbench.measure.counting import count_parameters
 from paqbench.models.embedded import tiny_random_llama
 from paqbench.quant import QuantConfig, QuantizedLinear
 from paqbench.structure import block_parts, load_structured
 from paqbench.structure.importance import weight_gradients
 from paqbench_plugins.methods.prune.l1_structured import L1Structured, L1StructuredParams
 from paqbench_plugins.methods.prune.structured import Structured, StructuredParams, allocate
-from paqbench_plugins.metrics.params import count_parameters
 
 HD = 16  # tiny Llama: hidden 64, 4 heads of 16, 2 KV heads, intermediate 176
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from paqbench.layers import UnsupportedLayerError, get_mask, layer_kind, select_targets, set_mask
+from paqbench.measure.counting import count_parameters
 from paqbench.models.embedded import tiny_random_llama
 from paqbench.quant import kernels
 from paqbench.quant.linear import load_quantized
@@ -16,7 +17,6 @@ from paqbench_plugins.methods.prune.l1_structured import L1Structured
 from paqbench_plugins.methods.prune.magnitude import Magnitude
 from paqbench_plugins.methods.quant.rtn import RTN
 from paqbench_plugins.methods.quant.w8a8 import W8A8
-from paqbench_plugins.metrics.params import count_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -24,8 +24,7 @@ from pydantic import Field, model_validator
 from paqbench import Metric, Params, Unavailable, hookimpl
 from paqbench.engines import Backend, EngineUnavailable, open_engine
 from paqbench.measure import nvml
-from paqbench.models.device import input_device
-from paqbench_plugins.metrics.latency import (
+from paqbench.measure.timing import (
     Clock,
     Now,
     eval_mode,
@@ -35,6 +34,7 @@ from paqbench_plugins.metrics.latency import (
     repeat_until,
     timed_generate,
 )
+from paqbench.models.device import input_device
 
 #: Where Linux exposes RAPL; a module attribute so tests can point it at a fake tree.
 POWERCAP_ROOT = Path("/sys/class/powercap")

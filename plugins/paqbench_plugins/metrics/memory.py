@@ -21,7 +21,7 @@ from paqbench import Metric, Params, engines, hookimpl
 from paqbench.engines import Backend, EngineUnavailable, artifact, default_threads, open_engine
 from paqbench.measure import nvml
 from paqbench.measure.memory import PeakMemory
-from paqbench_plugins.metrics.latency import Clock, eval_mode, prepare_generation, timed_generate
+from paqbench.measure.timing import Clock, eval_mode, prepare_generation, timed_generate
 
 
 class MemoryParams(Params):

@@ -8,89 +8,12 @@ from pydantic import Field
 
 from paqbench import Metric, Params, hookimpl
 from paqbench.layers import layer_kind, select_targets
+from paqbench.measure.counting import attention_macs, count_parameters, layer_counts, layer_shape, linear_macs
 
 
 class ParamsParams(Params):
     per_module: bool = Field(True, description="record sparsity and bits of each targeted layer")
     seqlen: int = Field(2048, gt=0, description="sequence length for MACs per token")
-
-
-def linear_macs(model: torch.nn.Module) -> tuple[int, int]:
-    """(dense, nonzero) multiply-accumulates of all linear layers for one token.
-
-    Counts every layer that computes a matmul (``nn.Linear`` and compressed layers with
-    ``paqbench_numel``), the LM head included, by the size of the matmul it really
-    computes: a structurally pruned layer counts its smaller weight."""
-    dense = nonzero = 0
-    for module in model.modules():
-        if hasattr(module, "paqbench_macs"):  # a module that says what it computes (embedding: 0, tied head)
-            module_dense, module_nonzero = module.paqbench_macs()
-            dense += int(module_dense)
-            nonzero += int(module_nonzero)
-        elif hasattr(module, "paqbench_numel"):
-            dense += int(module.paqbench_numel())
-            nonzero += int(module.paqbench_nonzero())
-        elif isinstance(module, torch.nn.Linear):
-            dense += module.weight.numel()
-            nonzero += int(torch.count_nonzero(module.weight))
-    return dense, nonzero
-
-
-def attention_macs(config, seqlen: int) -> int:
-    """Score and value MACs of causal self-attention per token, averaged over a sequence
-    of ``seqlen`` tokens: token i attends to i+1 positions, so the mean context is
-    (seqlen + 1) / 2; QK^T and AV each cost heads x head_dim per position."""
-    layers = config.num_hidden_layers
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    structure = getattr(config, "paqbench_structure", None)  # per-block heads after structured pruning
-    total_heads = sum(structure["num_attention_heads"]) if structure else layers * heads
-    return round(2 * total_heads * head_dim * (seqlen + 1) / 2)
-
-
-def count_parameters(model: torch.nn.Module) -> tuple[int, int, int]:
-    """(total, nonzero, storage bits) over the unique parameters.
-
-    Tied weights count once. A compressed module may report its logical size itself by
-    defining ``paqbench_numel()``, ``paqbench_nonzero()`` and ``paqbench_storage_bits()``
-    (packed codes, scales and zero points are buffers, not parameters); then its own
-    tensors are not counted again.
-    """
-    total = nonzero = bits = 0
-    custom = [m for m in model.modules() if hasattr(m, "paqbench_numel")]
-    covered: set[int] = set()
-    for module in custom:
-        total += int(module.paqbench_numel())
-        nonzero += int(module.paqbench_nonzero())
-        bits += int(module.paqbench_storage_bits())
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            covered.add(id(tensor))
-    seen: set[int] = set()
-    for tensor in model.parameters():
-        if id(tensor) in seen or id(tensor) in covered:
-            continue
-        seen.add(id(tensor))
-        total += tensor.numel()
-        nonzero += int(torch.count_nonzero(tensor))
-        bits += tensor.numel() * tensor.element_size() * 8
-    return total, nonzero, bits
-
-
-def _layer_counts(module: torch.nn.Module) -> tuple[int, int, int]:
-    """(logical weights, zero weights, storage bits) of one target layer."""
-    if hasattr(module, "paqbench_numel"):
-        numel = int(module.paqbench_numel())
-        return numel, numel - int(module.paqbench_nonzero()), int(module.paqbench_storage_bits())
-    weight = module.weight
-    zeros = int(weight.numel() - torch.count_nonzero(weight))
-    return weight.numel(), zeros, weight.numel() * weight.element_size() * 8
-
-
-def _shape(module: torch.nn.Module) -> list[int]:
-    weight = getattr(module, "weight", None)
-    if isinstance(weight, torch.Tensor):
-        return list(weight.shape)
-    return [int(getattr(module, "out_features", 0)), int(getattr(module, "in_features", 0))]
 
 
 class ParamsMetric(Metric):
@@ -111,14 +34,14 @@ class ParamsMetric(Metric):
         per_module = {}
         t_total = t_zero = 0
         for name, module in targets.items():
-            numel, zeros, layer_bits = _layer_counts(module)
+            numel, zeros, layer_bits = layer_counts(module)
             t_total += numel
             t_zero += zeros
             per_module[name] = {
                 "kind": layer_kind(module),
                 "format": type(module).__name__,
                 **({"kernel": module.kernel} if isinstance(getattr(module, "kernel", None), str) else {}),
-                "shape": _shape(module),
+                "shape": layer_shape(module),
                 "sparsity": zeros / numel,
                 "bits": layer_bits / numel,
             }

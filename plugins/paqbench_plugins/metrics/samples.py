@@ -16,8 +16,8 @@ from pydantic import Field
 
 from paqbench import Metric, Params, RunContext, hookimpl
 from paqbench.engines import Backend, EngineUnavailable, open_engine
+from paqbench.measure.timing import eval_mode
 from paqbench.models.device import input_device
-from paqbench_plugins.metrics.latency import eval_mode
 
 #: Neutral prompts: factual, descriptive and instructional, nothing a filter would refuse.
 DEFAULT_PROMPTS: tuple[str, ...] = (

@@ -11,7 +11,7 @@ import torch
 from pydantic import Field
 
 from paqbench import Metric, Params, hookimpl
-from paqbench_plugins.metrics.params import count_parameters
+from paqbench.measure.counting import count_parameters
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 

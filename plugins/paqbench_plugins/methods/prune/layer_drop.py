@@ -17,8 +17,8 @@ from pydantic import Field, model_validator
 
 from paqbench import Method, Params, hookimpl
 from paqbench.layers import decoder_blocks
+from paqbench.measure.counting import count_parameters
 from paqbench.structure.drop import angular_distances, block_influence, drop_blocks
-from paqbench_plugins.metrics.params import count_parameters
 
 
 class LayerDropParams(Params):
