@@ -95,17 +95,29 @@ def difference(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[bool, float]:
     return False, float((a - b).abs().max())
 
 
+def int8_activation_note(peer: str) -> str:
+    """Why Int8DynamicLinear's per-token activations are not ``peer``'s (both symmetric)."""
+    return (f"activations: {peer} quantizes each token on [-128, 127] with scale absmax/127.5, paqbench's "
+            "Int8DynamicLinear on [-127, 127] with absmax/127")
+
+
 def integer_weight(
     qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, bits: int, qmin: int,
+    g_idx: torch.Tensor | None = None,
 ) -> tuple[QuantizedWeight, str]:
     """A :class:`QuantizedWeight` of signed codes ``qdata`` ``[out, in]`` in ``[qmin, qmin + 2**bits)``
-    with ``scale`` and integer ``zero_point`` per row and contiguous group (``[out, G]``; None = 0),
-    where the peer's weight is ``(qdata - zero_point) * scale``. Returns the weight and a note
-    naming what is not carried exactly ('' when nothing is)."""
+    with ``scale`` and integer ``zero_point`` per row and group (``[out, G]``; None = 0), where the
+    peer's weight is ``(qdata - zero_point) * scale``; groups are contiguous unless ``g_idx``
+    (each column's group, act order) is given. A single scale for the whole tensor is repeated
+    per row. Returns the weight and a note naming what is not carried exactly ('' when nothing is)."""
     out_features, in_features = qdata.shape
-    scale = scale.detach().reshape(out_features, -1)
+    scale = scale.detach()
+    if scale.numel() == 1:  # per tensor: the same scale in every row
+        scale = scale.reshape(1, 1).expand(out_features, 1)
+        zero_point = None if zero_point is None else zero_point.reshape(1, 1).expand(out_features, 1)
+    scale = scale.reshape(out_features, -1)
     groups = scale.shape[1]
-    if in_features % groups:
+    if g_idx is None and in_features % groups:
         raise ConversionError(f"{groups} groups do not divide {in_features} input columns evenly")
     group_size = -1 if groups == 1 else in_features // groups
     zero = torch.zeros_like(scale, dtype=torch.int32) if zero_point is None else zero_point.detach()
@@ -124,8 +136,9 @@ def integer_weight(
         f"{str(scale.dtype).removeprefix('torch.')} scales stored as float16"
     )
     config = QuantConfig(bits=bits, group_size=group_size, symmetric=symmetric)
-    quantized = QuantizedWeight(codes.to(torch.uint8), stored, zeros.to(torch.uint8),
-                                config.group_index(in_features, device=qdata.device), config)
+    index = config.group_index(in_features, device=qdata.device) if g_idx is None else g_idx.to(torch.int32)
+    quantized = QuantizedWeight(codes.to(torch.uint8), stored.contiguous(), zeros.to(torch.uint8).contiguous(),
+                                index, config)
     return quantized, note
 
 

@@ -26,15 +26,16 @@ from torch import nn
 from paqbench import Params, hookimpl
 from paqbench.layers import check_supported, select_targets
 from paqbench.peers import ConversionRecord, Peer, PeerMethod
-from paqbench.peers.convert import install_int8_dynamic, install_packed, integer_weight, layer_facts
+from paqbench.peers.convert import (
+    install_int8_dynamic,
+    install_packed,
+    int8_activation_note,
+    integer_weight,
+    layer_facts,
+)
 
 PEER = Peer(module="torchao", distribution="torchao", extra="torchao")
 
-#: Why Int8DynamicLinear's activations are not torchao's (both per token, symmetric).
-ACTIVATION_NOTE = (
-    "activations: torchao quantizes each token on [-128, 127] with scale absmax/127.5, paqbench's "
-    "Int8DynamicLinear on [-127, 127] with absmax/127"
-)
 
 
 class TorchAOParams(Params):
@@ -131,8 +132,8 @@ class TorchAO(PeerMethod):
     def _convert(model: nn.Module, name: str, weight: Any, params: TorchAOParams, bias, mask, dtype):
         reference = peer_weight(weight)
         if params.scheme == "int8-dynamic-activation":
-            return install_int8_dynamic(model, name, weight.qdata, weight.scale, reference, ACTIVATION_NOTE,
-                                        bias, mask, dtype)
+            return install_int8_dynamic(model, name, weight.qdata, weight.scale, reference,
+                                        int8_activation_note("torchao"), bias, mask, dtype)
         bits = 4 if params.scheme == "int4-weight-only" else 8
         quantized, note = integer_weight(weight.qdata, weight.scale, weight.zero_point, bits, -(1 << (bits - 1)))
         return install_packed(model, name, quantized, reference, note, bias, mask, dtype)
