@@ -27,6 +27,7 @@ from paqbench.prune.sparsegpt import FixedGrid, sparsegpt_prune
 from paqbench.quant.gptq import HessianAccumulator
 from paqbench.quant.linear import QuantizedLinear, replace_module
 from paqbench.quant.quantizer import QuantConfig
+from paqbench.quant.summary import summarize
 
 
 class SparseGPTParams(SparsityParams):
@@ -147,8 +148,6 @@ class SparseGPT(Method):
             facts = {**pruning_facts(modules, pattern), "calibration_windows": len(batches), **stats}
         quantized = {n: m for n in names if isinstance(m := model.get_submodule(n), QuantizedLinear)}
         if config is not None or any(layer_kind(m) == "quantized" for m in map(model.get_submodule, names)):
-            from paqbench_plugins.methods.quant.rtn import summarize
-
             facts.update({k: v for k, v in summarize(quantized).items() if k != "layers"})
         return facts
 

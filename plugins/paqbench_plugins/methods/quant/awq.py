@@ -18,8 +18,9 @@ from paqbench.blockwise.driver import check_inside_blocks, each_block
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.awq import AWQConfig, awq_block
 from paqbench.quant.linear import QuantizedLinear, replace_module
+from paqbench.quant.params import WeightQuantParams
 from paqbench.quant.sequential import BlockInputs
-from paqbench_plugins.methods.quant.rtn import WeightQuantParams, summarize
+from paqbench.quant.summary import summarize
 
 
 class AWQParams(WeightQuantParams):

@@ -13,6 +13,7 @@ from paqbench.blockwise.driver import each_target
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.fp8 import FP8Linear
 from paqbench.quant.linear import replace_module
+from paqbench.quant.params import Targets
 
 
 class FP8Params(Params):
@@ -22,9 +23,7 @@ class FP8Params(Params):
     activations: Literal["per-token", "per-tensor", "none"] = Field(
         "per-token", description="dynamic E4M3 activations with a scale per token or per call; none: weight-only"
     )
-    targets: str | None = Field(
-        None, description="regex over module names; default: the Linear layers inside decoder blocks"
-    )
+    targets: Targets = None
 
 
 class FP8(Method):

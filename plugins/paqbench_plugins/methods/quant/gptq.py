@@ -16,8 +16,9 @@ from paqbench.blockwise.driver import calibrate_layers, check_inside_blocks
 from paqbench.layers import check_supported, get_mask, select_targets
 from paqbench.quant.gptq import HessianAccumulator, gptq_quantize
 from paqbench.quant.linear import QuantizedLinear, replace_module
+from paqbench.quant.params import WeightQuantParams
 from paqbench.quant.quantizer import keep_mask
-from paqbench_plugins.methods.quant.rtn import WeightQuantParams, summarize
+from paqbench.quant.summary import summarize
 
 
 class GPTQParams(WeightQuantParams):

@@ -10,38 +10,26 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from paqbench import Method, Params, hookimpl
 from paqbench.blockwise.driver import each_target
 from paqbench.layers import check_supported, get_mask, select_targets
 from paqbench.quant.hqq import HQQConfig, quantize_hqq
 from paqbench.quant.linear import QuantizedLinear, replace_module
+from paqbench.quant.params import GroupSize, Targets
 from paqbench.quant.quantizer import QuantConfig, keep_mask
-
-from .rtn import summarize
+from paqbench.quant.summary import summarize
 
 
 class HQQParams(Params):
     bits: Literal[2, 3, 4, 5, 6, 7, 8] = Field(4, description="bits per weight code (2 to 8)")
-    group_size: int = Field(
-        128, ge=-1, description="input columns sharing one scale and zero point; -1: one per output channel. "
-        "A width it does not divide gets a shorter last group"
-    )
+    group_size: GroupSize = 128
     lp_norm: float = Field(0.7, gt=0.0, le=1.0, description="p of the lp-norm error model (p < 1: sparse errors)")
     beta: float = Field(10.0, gt=0.0, description="initial weight of the quadratic (half-quadratic) term")
     kappa: float = Field(1.01, ge=1.0, description="beta grows by this factor every iteration")
     iterations: int = Field(20, ge=1, description="most proximal iterations (stops early when no group improves)")
-    targets: str | None = Field(
-        None, description="regex over module names; default: the Linear layers inside decoder blocks"
-    )
-
-    @field_validator("group_size")
-    @classmethod
-    def _group_size_not_zero(cls, value: int) -> int:
-        if value == 0:
-            raise ValueError("group_size must be positive, or -1 for one group per output channel")
-        return value
+    targets: Targets = None
 
     def quant_config(self) -> QuantConfig:
         return QuantConfig(bits=self.bits, group_size=self.group_size, symmetric=False)

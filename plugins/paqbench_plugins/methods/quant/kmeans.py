@@ -23,7 +23,8 @@ from paqbench.layers import check_supported, select_targets
 from paqbench.quant.codebook import input_second_moments
 from paqbench.quant.linear import replace_module
 from paqbench.quant.lut import LUTLinear
-from paqbench_plugins.methods.quant.rtn import summarize
+from paqbench.quant.params import Targets
+from paqbench.quant.summary import summarize
 
 
 class KMeansParams(Params):
@@ -40,9 +41,7 @@ class KMeansParams(Params):
         False, description="weigh each weight's squared error by E[x^2] of its input column over the calibration "
         "windows (one forward of the model over them)"
     )
-    targets: str | None = Field(
-        None, description="regex over module names; default: the Linear layers inside decoder blocks"
-    )
+    targets: Targets = None
 
     @property
     def table_group_size(self) -> int:

@@ -17,7 +17,8 @@ from paqbench.blockwise.driver import each_target
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.linear import replace_module
 from paqbench.quant.nf4 import NF4Linear
-from paqbench_plugins.methods.quant.rtn import summarize
+from paqbench.quant.params import Targets
+from paqbench.quant.summary import summarize
 
 
 class NF4Params(Params):
@@ -30,9 +31,7 @@ class NF4Params(Params):
         "4.127 instead of 4.5 bits per weight at block 64"
     )
     dq_block: int = Field(256, ge=1, description="absmax constants sharing one second-level fp32 scale")
-    targets: str | None = Field(
-        None, description="regex over module names; default: the Linear layers inside decoder blocks"
-    )
+    targets: Targets = None
 
 
 class NF4(Method):

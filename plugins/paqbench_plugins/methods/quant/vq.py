@@ -17,8 +17,9 @@ from paqbench import Method, Params, hookimpl
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.codebook import input_second_moments
 from paqbench.quant.linear import replace_module
+from paqbench.quant.params import Targets
+from paqbench.quant.summary import summarize
 from paqbench.quant.vq import VQLinear
-from paqbench_plugins.methods.quant.rtn import summarize
 
 
 class VQParams(Params):
@@ -35,9 +36,7 @@ class VQParams(Params):
         False, description="weigh each coordinate's squared error by E[x^2] of its input column over the "
         "calibration windows (one forward of the model over them)"
     )
-    targets: str | None = Field(
-        None, description="regex over module names; default: the Linear layers inside decoder blocks"
-    )
+    targets: Targets = None
 
     @field_validator("rows_per_codebook")
     @classmethod

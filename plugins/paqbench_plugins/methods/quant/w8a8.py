@@ -6,19 +6,17 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
-from pydantic import Field
 
-from paqbench import Method, Params, hookimpl
+from paqbench import Method, hookimpl
 from paqbench.blockwise.driver import each_target
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.linear import replace_module
+from paqbench.quant.params import TargetParams
 from paqbench.quant.w8a8 import Int8DynamicLinear
 
 
-class W8A8Params(Params):
-    targets: str | None = Field(
-        None, description="regex over module names; default: the Linear layers inside decoder blocks"
-    )
+class W8A8Params(TargetParams):
+    """Only which layers: the int8 grids have no knob."""
 
 
 class W8A8(Method):

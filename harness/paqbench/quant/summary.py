@@ -1,0 +1,22 @@
+"""What a quantization step reports: layer count, bits per weight, kernels in use."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+
+import torch
+
+
+def summarize(layers: Mapping[str, torch.nn.Module]) -> dict[str, object]:
+    """Facts for the report: how many layers, at what bits per weight, on which kernels.
+
+    Each layer is a packed format with ``out_features``, ``in_features``,
+    ``paqbench_storage_bits()`` and a ``kernel`` name."""
+    weights = sum(layer.out_features * layer.in_features for layer in layers.values())
+    bits = sum(layer.paqbench_storage_bits() for layer in layers.values())
+    return {
+        "layers": len(layers),
+        "bits_per_weight": bits / weights if weights else 0.0,
+        "kernels": dict(Counter(layer.kernel for layer in layers.values())),
+    }
