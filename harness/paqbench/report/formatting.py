@@ -5,6 +5,17 @@ from __future__ import annotations
 import math
 
 
+def ran_on_text(where: dict | None) -> str:
+    """``node 10.0.0.2 (host-a), GPU 0 (NVIDIA H100)`` for a run Ray placed; "" for a run of the process runner."""
+    if not where or where.get("executor") != "ray":
+        return ""
+    text = f"node {where.get('node_ip')} ({where.get('host')})"
+    if where.get("gpu_ids"):
+        names = ", ".join(n for n in where.get("gpus") or () if n)
+        text += f", GPU {','.join(where['gpu_ids'])}" + (f" ({names})" if names else "")
+    return text
+
+
 def format_value(value: float | None, unit: str) -> str:
     if value is None:
         return "n/a"

@@ -19,7 +19,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from paqbench.report.formatting import format_bytes, format_value
+from paqbench.report.formatting import format_bytes, format_value, ran_on_text
 from paqbench.report.header import count_runs, describe, effective_setups
 from paqbench.report.plots import fingerprint, read_manifest
 from paqbench.report.tables import (
@@ -319,7 +319,8 @@ def run_html(run: Mapping[str, Any]) -> str:
                f"{run.get('wall_s', 0):.1f} s</summary>")
     facts = (f'<p class="meta">id <code>{_e(run.get("id"))}</code> · pipeline {_e(run.get("pipeline"))} · seed '
              f"{_e(run.get('seed'))}" + (f" · limit {_e(run['limit'])}" if run.get("limit") else "")
-             + f" · started {_e(run.get('started_at', ''))}</p>")
+             + f" · started {_e(run.get('started_at', ''))}"
+             + (f" · ran on {_e(where)}" if (where := ran_on_text(run.get("ran_on"))) else "") + "</p>")
     error = ""
     if run.get("error"):
         error = f'<p class="failed"><strong>Error:</strong> {_e(run["error"].get("message", ""))}</p>'

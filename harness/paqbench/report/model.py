@@ -64,7 +64,26 @@ def _run_entry(result: RunResult) -> dict[str, Any]:
         "started_at": result.started_at,
         "finished_at": result.finished_at,
         "wall_s": result.wall_s,
+        "ran_on": ran_on(result.environment),
     }
+
+
+def ran_on(environment: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Where a run ran: its host and the GPUs its process saw; under Ray also the node, its
+    address and the GPU ids Ray gave the task (``environment["executor"]``, set by the Ray
+    executor, also for a run whose worker died)."""
+    if not environment:
+        return None
+    executor = environment.get("executor") or {}
+    where: dict[str, Any] = {
+        "host": environment.get("hostname") or executor.get("hostname"),
+        "gpus": [g.get("name") for g in environment.get("gpus") or ()],
+        "executor": executor.get("executor", "process"),
+    }
+    for key in ("node_id", "node_ip", "gpu_ids", "pid"):
+        if key in executor:
+            where[key] = executor[key]
+    return where
 
 
 def build_report(output_dir: Path) -> Report:
@@ -83,7 +102,7 @@ def build_report(output_dir: Path) -> Report:
     searches = _replay_searches(manifest, latest, runs, missing)
     environment = {}
     for result in latest.values():
-        if result.environment:
+        if result.environment.get("hostname"):  # not the stub of a Ray run whose worker died
             environment = result.environment
     return Report(
         suite_name=manifest.get("suite_name", output_dir.name),

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from paqbench.fsio import OutputError
 from paqbench.planner import Plan, RunSpec
@@ -18,6 +19,7 @@ from paqbench.registry import Registry
 from paqbench.runner.result import RunResult
 from paqbench.runner.search import SearchOutcome, bisect
 from paqbench.runner.store import ResultStore
+from paqbench.suite.schema import RunnerConfig
 
 
 class OutputDirConflict(Exception):
@@ -73,12 +75,27 @@ def run_plan(
     force: bool = False,
     echo: Callable[[str], None] = print,
     log_level: int = logging.WARNING,
+    runner: RunnerConfig | None = None,
 ) -> SessionSummary:
     """Run every run of ``plan`` not yet recorded, appending each result as it ends.
 
     KeyboardInterrupt stops the run in flight; what finished stays recorded and the
-    summary says ``interrupted``.
+    summary says ``interrupted``. ``runner.executor: ray`` hands the runs to
+    :mod:`paqbench.runner.ray_executor` (unless ``isolation`` is in-process, the
+    ``--in-process`` debugging switch); it raises ``ExecutorError`` when Ray cannot be
+    used, before the output directory is touched.
     """
+    args = (plan, output_dir, registry, isolation, resume, force, echo, log_level)
+    if runner is not None and runner.executor == "ray" and isolation != "in-process":
+        from paqbench.runner.ray_executor import connected
+
+        with connected(runner, log_level) as cluster:
+            return _run_plan(*args, cluster=cluster)
+    return _run_plan(*args, cluster=None)
+
+
+def _run_plan(plan: Plan, output_dir: Path, registry: Registry, isolation: str, resume: bool, force: bool,
+              echo: Callable[[str], None], log_level: int, cluster: Any) -> SessionSummary:
     store = prepare_output(plan, output_dir, force)
     done = store.completed_ids() if resume and not force else set()
     summary = SessionSummary(output_dir=output_dir)
@@ -105,6 +122,9 @@ def run_plan(
         return result
 
     try:
+        if cluster is not None:  # a RayCluster: its own scheduling loop, this process still the only writer
+            cluster.run(plan, store, summary, done=done, reuse=resume and not force, scratch=scratch, echo=echo)
+            return summary
         for position, spec in enumerate(plan.runs, start=1):
             label = f"[{position}/{total}] {spec.name}"
             if spec.config_hash in done:

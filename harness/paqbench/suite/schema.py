@@ -175,9 +175,36 @@ class ExportCheckConfig(_Strict):
     windows: int = Field(2, gt=0)
 
 
+class RayResources(_Strict):
+    """What each run asks of a Ray node (Ray's own task resources; docs/running.md)."""
+
+    num_cpus: float = Field(1, ge=0, description="CPU cores reserved per run (Ray also sets OMP_NUM_THREADS to it)")
+    num_gpus: float = Field(0, ge=0, description="GPUs per run; 1 gives each run a GPU of its own")
+    memory: int | None = Field(None, gt=0, description="bytes of memory reserved per run (scheduling only)")
+
+
 class RunnerConfig(_Strict):
     isolation: Literal["process", "in-process"] = "process"
     timeout: float | None = Field(None, gt=0, description="seconds per run; none = no limit")
+    executor: Literal["process", "ray"] = Field(
+        "process", description="process: runs one after another here; ray: runs as Ray tasks (docs/running.md)"
+    )
+    address: str | None = Field(
+        None, description="ray only: a cluster to join (auto, host:port, ray://host:port); none starts a local one"
+    )
+    resources: RayResources | None = Field(None, description="ray only: resources per run")
+    max_concurrent: int | None = Field(None, ge=1, description="ray only: at most this many runs at once")
+
+    @model_validator(mode="after")
+    def _ray_keys_need_ray(self) -> RunnerConfig:
+        if self.executor != "ray":
+            given = [k for k in ("address", "resources", "max_concurrent") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} applies only with executor: ray (executor is {self.executor!r})")
+        elif self.isolation == "in-process":
+            raise ValueError("isolation: in-process cannot be combined with executor: ray "
+                             "(every Ray run is a worker process of its own)")
+        return self
 
 
 class Suite(_Strict):

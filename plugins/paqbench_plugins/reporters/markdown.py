@@ -15,7 +15,7 @@ from tabulate import tabulate
 
 from paqbench import Reporter, hookimpl
 from paqbench.fsio import write_text_atomic
-from paqbench.report.formatting import format_bytes, format_value
+from paqbench.report.formatting import format_bytes, format_value, ran_on_text
 from paqbench.report.header import count_runs, describe, effective_setups
 from paqbench.report.plots import plots_markdown, read_manifest
 from paqbench.report.search import search_lines
@@ -199,7 +199,8 @@ def module_lines(run: dict[str, Any]) -> list[str]:
 def run_details(run: dict[str, Any]) -> list[str]:
     lines = [f"### {md_cell(run['name'])}", ""]
     lines.append(f"Status: **{run['status']}** · id `{run['id']}` · wall {run['wall_s']:.1f} s · seed {run['seed']}"
-                 + (f" · limit {run['limit']}" if run.get("limit") else ""))
+                 + (f" · limit {run['limit']}" if run.get("limit") else "")
+                 + (f" · ran on {where}" if (where := ran_on_text(run.get("ran_on"))) else ""))
     lines.append("")
     lines.append(tabulate(_phases(run), headers=["phase", "parameters", "wall", "peak memory", "error"],
                           tablefmt="github", disable_numparse=True))
