@@ -104,6 +104,7 @@ def run(suite, output, model, device, limit, only, resume, dry_run, in_process, 
         click.echo(_plan_text(plan))
         return
     from paqbench.fsio import OutputError, check_output_dir
+    from paqbench.runner.ray_executor import ExecutorError
     from paqbench.runner.session import OutputDirConflict, run_plan
 
     output_dir = _output_dir(output, loaded.suite)
@@ -111,9 +112,12 @@ def run(suite, output, model, device, limit, only, resume, dry_run, in_process, 
     try:
         check_output_dir(output_dir)
         summary = run_plan(plan, output_dir, registry=registry, isolation=isolation, resume=resume,
-                           force=not resume, echo=lambda m: click.echo(m, err=True), log_level=level)
+                           force=not resume, echo=lambda m: click.echo(m, err=True), log_level=level,
+                           runner=loaded.suite.runner)
     except (OutputDirConflict, OutputError) as exc:
         _fail(str(exc))
+    except ExecutorError as exc:  # Ray missing or unusable: the suite's runner section is at fault
+        _fail(f"{suite}: {exc}")
     files = _write_reports(output_dir, loaded.suite.reporters, registry)
     for outcome in summary.searches:
         click.echo(f"threshold search {outcome.summary()}", err=True)
