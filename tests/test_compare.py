@@ -16,6 +16,7 @@ from paqbench.compare import (
     compare_measurement,
     compare_reports,
     load_thresholds_file,
+    parse_floor_option,
     parse_option,
     spread_width,
     to_markdown,
@@ -368,3 +369,52 @@ def test_cli_exits_0_when_the_only_worse_numbers_are_not_comparable(tmp_path):
     same = tmp_path / "same.json"
     same.write_text(json.dumps(_settings_report(pruned_ppl=37.14)))
     assert paqbench("compare", str(base), str(same), "-t", "perplexity=1%").returncode == 1
+
+
+# -- recovery: NEW's quality as a percentage of its own dense baseline ----------------------
+
+
+def _run_delta(result, run, key):
+    return next(d for d in result.deltas if d.run == run and d.key == key)
+
+
+def test_quality_metrics_show_each_sides_recovery():
+    result = compare_reports(make_report(), make_report(pruned_ppl=25.0))
+    ppl = _run_delta(result, "magnitude[sparsity=0.3]", "perplexity/embedded")
+    assert ppl.base_recovery == pytest.approx(20 / 30 * 100) and ppl.new_recovery == pytest.approx(80.0)
+    acc = _run_delta(result, "magnitude[sparsity=0.3]", "race/high/acc")  # higher is better: value / dense
+    assert acc.new_recovery == pytest.approx(0.5 / 0.6 * 100)
+    assert _run_delta(result, "baseline", "perplexity/embedded").new_recovery == pytest.approx(100.0)
+    assert _run_delta(result, "magnitude[sparsity=0.3]", "latency/tpot").new_recovery is None  # not a quality metric
+    text = to_markdown(result)
+    assert "| recovery" in text and "66.7% -> 80.0%" in text
+
+
+def test_min_recovery_gates_new_alone():
+    """A floor fails NEW's run below it even when NEW improved on BASE, and passes at it."""
+    options = CompareOptions(min_recovery=(parse_floor_option("perplexity=95"),))
+    improved = compare_reports(make_report(pruned_ppl=30.0), make_report(pruned_ppl=21.5), options)
+    (reg,) = improved.regressions
+    assert reg.key == "perplexity/embedded" and reg.verdict == "better"
+    assert reg.new_recovery == pytest.approx(20 / 21.5 * 100) and "< 95%" in reg.reason
+    assert not compare_reports(make_report(), make_report(pruned_ppl=21.0), options).failed  # 95.24%
+    text = to_markdown(improved)
+    assert "Recovery floors" in text and "(floor 95%)" in text
+
+
+def test_min_recovery_from_file_and_command_line(tmp_path):
+    path = tmp_path / "gate.yaml"
+    path.write_text("min_recovery: {perplexity: 95%, race: 80}\n")
+    floors = {f.key: f.percent for f in load_thresholds_file(path)["min_recovery"]}
+    assert floors == {"perplexity": 95.0, "race": 80.0}
+    path.write_text("min_recovery: {perplexity: most}\n")
+    with pytest.raises(ThresholdError, match="min_recovery for 'perplexity': expected a percentage"):
+        load_thresholds_file(path)
+    base, new = tmp_path / "base.json", tmp_path / "new.json"
+    base.write_text(json.dumps(make_report()))
+    new.write_text(json.dumps(make_report(pruned_ppl=22.0)))  # 90.9% of the dense 20
+    assert paqbench("compare", str(base), str(new), "--min-recovery", "perplexity=90").returncode == 0
+    failed = paqbench("compare", str(base), str(new), "--min-recovery", "perplexity=95")
+    assert failed.returncode == 1 and "perplexity/embedded" in failed.stderr
+    bad = paqbench("compare", str(base), str(new), "--min-recovery", "perplexity")
+    assert bad.returncode == 2 and "KEY=PERCENT" in bad.stderr and "Traceback" not in bad.stderr

@@ -203,6 +203,9 @@ def report(directory, reporters):
                    "or a glob; LIMIT relative (2%) or absolute (0.01). Repeatable; overrides the file's.")
 @click.option("--thresholds", "thresholds_file", type=click.Path(dir_okay=False, exists=True),
               help="YAML file: max_regression: {KEY: LIMIT}, baseline_relative: [KEY], noise_sigmas, ...")
+@click.option("--min-recovery", "floors", multiple=True, metavar="KEY=PERCENT",
+              help="Fail when NEW's KEY (a quality metric) keeps less than PERCENT of NEW's own dense baseline "
+                   "(e.g. perplexity=95). Repeatable; overrides the file's min_recovery.")
 @click.option("--baseline-relative", "-r", multiple=True, metavar="KEY",
               help="Compare KEY as a ratio to each report's own dense baseline run (e.g. latency), "
                    "so a slower machine does not fail. Repeatable.")
@@ -214,8 +217,8 @@ def report(directory, reporters):
 @click.option("--strict-match", is_flag=True, default=None,
               help="Pair runs only by pipeline and parameters, never by run name.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the comparison as JSON here.")
-def compare(base, new, limits, thresholds_file, baseline_relative, noise_sigmas, stderr_is_noise, fail_on_missing,
-            strict_match, json_path):
+def compare(base, new, limits, floors, thresholds_file, baseline_relative, noise_sigmas, stderr_is_noise,
+            fail_on_missing, strict_match, json_path):
     """Compare NEW against BASE (result directories or report.json files).
 
     Prints a Markdown table of every metric of every matching run with its change and
@@ -229,6 +232,7 @@ def compare(base, new, limits, thresholds_file, baseline_relative, noise_sigmas,
         compare_reports,
         load_report,
         load_thresholds_file,
+        parse_floor_option,
         parse_option,
         to_markdown,
         write_json,
@@ -237,10 +241,13 @@ def compare(base, new, limits, thresholds_file, baseline_relative, noise_sigmas,
     try:
         settings = load_thresholds_file(thresholds_file) if thresholds_file else {}
         given = [parse_option(text) for text in limits]
+        given_floors = [parse_floor_option(text) for text in floors]
     except ThresholdError as exc:
         _fail(str(exc))
     keep = [t for t in settings.get("thresholds", ()) if t.key not in {g.key for g in given}]
     settings["thresholds"] = (*keep, *given)
+    kept_floors = [f for f in settings.get("min_recovery", ()) if f.key not in {g.key for g in given_floors}]
+    settings["min_recovery"] = (*kept_floors, *given_floors)
     settings["baseline_relative"] = (*settings.get("baseline_relative", ()), *baseline_relative)
     for name, value in (("noise_sigmas", noise_sigmas), ("stderr_is_noise", stderr_is_noise),
                         ("fail_on_missing", fail_on_missing), ("strict_match", strict_match)):

@@ -12,14 +12,18 @@ from paqbench.compare.core import (
     pair_runs,
     run_signature,
     spread_width,
+    with_recovery,
 )
 from paqbench.compare.render import ReportNotFound, load_report, to_markdown, write_json
 from paqbench.compare.settings import PARAM_SCOPE, registered_defaults
 from paqbench.compare.thresholds import (
     CompareOptions,
+    RecoveryFloor,
     Threshold,
     ThresholdError,
     load_thresholds_file,
+    parse_floor,
+    parse_floor_option,
     parse_limit,
     parse_option,
 )
@@ -29,6 +33,7 @@ __all__ = [
     "CompareOptions",
     "Comparison",
     "MetricDelta",
+    "RecoveryFloor",
     "ReportNotFound",
     "RunPair",
     "Threshold",
@@ -40,11 +45,14 @@ __all__ = [
     "load_thresholds_file",
     "not_comparable",
     "pair_runs",
+    "parse_floor",
+    "parse_floor_option",
     "parse_limit",
     "parse_option",
     "registered_defaults",
     "run_signature",
     "spread_width",
     "to_markdown",
+    "with_recovery",
     "write_json",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from paqbench.compare.settings import (
@@ -20,7 +20,9 @@ from paqbench.compare.settings import (
     run_metric_changes,
     setting_changes,
 )
-from paqbench.compare.thresholds import CompareOptions, Threshold
+from paqbench.compare.thresholds import CompareOptions, RecoveryFloor, Threshold
+from paqbench.report.noise import recovery
+from paqbench.report.tables import QUALITY_METRICS
 
 Verdict = Literal["better", "worse", "same", "within noise", "changed", "n/a", "missing", "new", "not comparable"]
 Mode = Literal["value", "ratio"]
@@ -47,6 +49,10 @@ class MetricDelta:
     threshold: Threshold | None
     regressed: bool
     reason: str = ""
+    #: quality metrics: the value as a percentage of its own report's dense baseline run
+    base_recovery: float | None = None
+    new_recovery: float | None = None
+    min_recovery: RecoveryFloor | None = None
 
 
 @dataclass(frozen=True)
@@ -350,6 +356,34 @@ def not_comparable(
                        None, None, None, "not comparable", options.threshold_for(key), False, ", ".join(why))
 
 
+def with_recovery(delta: MetricDelta, base_m: dict[str, Any] | None, new_m: dict[str, Any] | None,
+                  base_dense: dict[str, Any] | None, new_dense: dict[str, Any] | None,
+                  options: CompareOptions) -> MetricDelta:
+    """``delta`` with each side's recovery (quality metrics, or any measurement a floor
+    names) and the floor's verdict: NEW below ``min_recovery`` is a regression, judged on
+    NEW alone (also when BASE lacks the measurement or measured it differently)."""
+    ref = base_m or new_m or {}
+    floor = options.recovery_floor_for(delta.key)
+    if floor is None and ref.get("metric", delta.key.split("/", 1)[0]) not in QUALITY_METRICS:
+        return delta
+    better = ref.get("better")
+    base_share = recovery(_value(base_m), _value(base_dense), better)
+    new_share = recovery(_value(new_m), _value(new_dense), better)
+    base_pct = None if base_share is None else base_share * 100
+    new_pct = None if new_share is None else new_share * 100
+    regressed, reason = delta.regressed, delta.reason
+    if floor is not None and new_m is not None:
+        if new_pct is None:
+            why = "no recovery in NEW (no value, no dense baseline value or no direction)"
+            reason = f"{reason}; {why}" if reason else why
+        elif new_pct < floor.percent - _EPS:
+            regressed = True
+            why = f"recovery {new_pct:.2f}% < {floor.percent:g}%"
+            reason = f"{reason}; {why}" if reason else why
+    return replace(delta, base_recovery=base_pct, new_recovery=new_pct, min_recovery=floor,
+                   regressed=regressed, reason=reason)
+
+
 # -- whole reports ----------------------------------------------------------------------
 
 
@@ -392,10 +426,12 @@ def _compare_pair(comparison: Comparison, base_run: dict[str, Any], new_run: dic
         why = differences(metric, ref.get("name"), metric_settings(base_run, metric, ctx.defaults),
                           metric_settings(new_run, metric, ctx.defaults))
         if why:
-            comparison.deltas.append(not_comparable(name, key, base_m, new_m, ctx.options, why))
+            delta = not_comparable(name, key, base_m, new_m, ctx.options, why)
         else:
-            comparison.deltas.append(compare_measurement(name, key, base_m, new_m, ctx.options,
-                                                         ctx.base_dense.get(key), ctx.new_dense.get(key)))
+            delta = compare_measurement(name, key, base_m, new_m, ctx.options,
+                                        ctx.base_dense.get(key), ctx.new_dense.get(key))
+        comparison.deltas.append(with_recovery(delta, base_m, new_m, ctx.base_dense.get(key),
+                                               ctx.new_dense.get(key), ctx.options))
 
 
 def compare_reports(

@@ -61,6 +61,15 @@ def _change(d: MetricDelta) -> tuple[str, str]:
     return absolute, relative
 
 
+def _recovery(d: MetricDelta) -> str:
+    """``96.1% -> 95.3%``: each side's value as a percentage of its report's dense baseline."""
+    if d.base_recovery is None and d.new_recovery is None:
+        return ""
+    sides = ["n/a" if v is None else f"{v:.1f}%" for v in (d.base_recovery, d.new_recovery)]
+    floor = f" (floor {d.min_recovery.percent:g}%)" if d.min_recovery is not None else ""
+    return " -> ".join(sides) + floor
+
+
 def _verdict(d: MetricDelta) -> str:
     if d.regressed:
         return f"**REGRESSION** ({d.verdict})"
@@ -91,6 +100,9 @@ def _rules(c: Comparison) -> list[str]:
     if c.options.thresholds:
         lines.append("Thresholds (how much worse a metric may get): "
                      + ", ".join(f"`{t.key}` {t.describe()}" for t in c.options.thresholds))
+    if c.options.min_recovery:
+        lines.append("Recovery floors (NEW's value as a percentage of its own dense baseline run): "
+                     + ", ".join(f"`{f.key}` {f.describe()}" for f in c.options.min_recovery))
     if c.options.baseline_relative:
         lines.append("Compared as ratios to each report's own dense baseline run: "
                      + ", ".join(f"`{k}`" for k in c.options.baseline_relative))
@@ -132,13 +144,14 @@ def _pair_status(pair: RunPair) -> str:
 def _pair(c: Comparison, pair: RunPair) -> list[str]:
     title = pair.new_name if pair.base_name == pair.new_name else f"{pair.base_name} -> {pair.new_name}"
     lines = [f"### {title}", "", _pair_status(pair), ""]
-    rows = [[d.key, _fmt(d.base, d.unit), _fmt(d.new, d.unit), *_change(d),
+    rows = [[d.key, _fmt(d.base, d.unit), _fmt(d.new, d.unit), *_change(d), _recovery(d),
              _fmt(d.noise, d.unit) if d.noise is not None else "", d.better or "",
              d.threshold.describe() if d.threshold else "", _verdict(d), d.reason]
             for d in c.deltas if d.run == pair.new_name]
     if rows:
-        lines += [tabulate(rows, headers=["metric", "base", "new", "change", "relative", "noise ±", "better",
-                                          "threshold", "verdict", "note"], tablefmt="github", disable_numparse=True),
+        lines += [tabulate(rows, headers=["metric", "base", "new", "change", "relative", "recovery", "noise ±",
+                                          "better", "threshold", "verdict", "note"], tablefmt="github",
+                           disable_numparse=True),
                   ""]
     return lines
 

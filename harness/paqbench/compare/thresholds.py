@@ -5,6 +5,11 @@ A key names a metric (``perplexity``: every measurement of that metric), a measu
 limit is relative (``"2%"``: the value may get 2% worse) or absolute (``0.01``: worse by at
 most 0.01 in the metric's own unit). The most specific key wins: an exact measurement key
 before a metric key before a glob.
+
+A recovery floor (``min_recovery: {perplexity: 95}``, ``--min-recovery perplexity=95``)
+gates NEW alone: a quality measurement whose recovery (its value as a percentage of NEW's
+own dense baseline run, direction-aware, as the report's recovery column) is below the
+floor fails, whatever BASE measured (llm-compressor's CI gates on >= 95%).
 """
 
 from __future__ import annotations
@@ -60,6 +65,39 @@ def parse_limit(key: str, text: Any) -> Threshold:
     return Threshold(key=key, limit=value, kind=kind)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class RecoveryFloor:
+    """The least recovery (percent of the dense baseline) the measurements matching ``key`` must keep in NEW."""
+
+    key: str
+    percent: float
+
+    def describe(self) -> str:
+        return f">= {self.percent:g}%"
+
+
+def parse_floor(key: str, text: Any) -> RecoveryFloor:
+    """``95`` or ``"95%"`` -> a floor of 95 percent."""
+    raw = str(text).strip().removesuffix("%")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ThresholdError(
+            f"min_recovery for {key!r}: expected a percentage like 95, found {text!r}"
+        ) from None
+    if not 0 <= value <= 1000:
+        raise ThresholdError(f"min_recovery for {key!r}: expected a percentage between 0 and 1000, found {text!r}")
+    return RecoveryFloor(key=key, percent=value)
+
+
+def parse_floor_option(text: str) -> RecoveryFloor:
+    """One ``--min-recovery KEY=PERCENT`` option."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise ThresholdError(f"--min-recovery expects KEY=PERCENT (e.g. perplexity=95), found {text!r}")
+    return parse_floor(key.strip(), value)
+
+
 def parse_option(text: str) -> Threshold:
     """One ``--max-regression KEY=LIMIT`` option."""
     key, sep, limit = text.partition("=")
@@ -99,9 +137,15 @@ class CompareOptions:
     fail_on_missing: bool = False  # a BASE run or gated measurement absent from NEW fails the comparison
     strict_match: bool = False  # pair runs only by pipeline and parameters, never by run name
     ignore: tuple[str, ...] = field(default_factory=tuple)  # keys left out of the table
+    min_recovery: tuple[RecoveryFloor, ...] = ()  # recovery floors NEW's quality measurements must keep
 
     def threshold_for(self, metric_key: str) -> Threshold | None:
         by_key = {t.key: t for t in self.thresholds}
+        key = best_match(list(by_key), metric_key)
+        return by_key[key] if key is not None else None
+
+    def recovery_floor_for(self, metric_key: str) -> RecoveryFloor | None:
+        by_key = {f.key: f for f in self.min_recovery}
         key = best_match(list(by_key), metric_key)
         return by_key[key] if key is not None else None
 
@@ -113,7 +157,7 @@ class CompareOptions:
 
 
 _FILE_KEYS = {"max_regression", "baseline_relative", "noise_sigmas", "stderr_is_noise", "fail_on_missing",
-              "strict_match", "ignore"}
+              "strict_match", "ignore", "min_recovery"}
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
@@ -147,6 +191,15 @@ def _limits(path: Path, limits: Any) -> tuple[Threshold, ...]:
         raise ThresholdError(f"{path}: max_regression: {exc}") from None
 
 
+def _floors(path: Path, floors: Any) -> tuple[RecoveryFloor, ...]:
+    if not isinstance(floors, dict):
+        raise ThresholdError(f"{path}: min_recovery: expected a mapping of metric keys to percentages")
+    try:
+        return tuple(parse_floor(str(k), v) for k, v in floors.items())
+    except ThresholdError as exc:
+        raise ThresholdError(f"{path}: min_recovery: {exc}") from None
+
+
 def _keys(path: Path, name: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
@@ -170,7 +223,8 @@ def _flag(path: Path, name: str, value: Any) -> bool:
 def load_thresholds_file(path: str | Path) -> dict[str, Any]:
     """Read a thresholds YAML file into keyword arguments for :class:`CompareOptions`.
 
-    ``max_regression`` maps keys to limits; the other keys mirror the options. A file that
+    ``max_regression`` maps keys to limits, ``min_recovery`` keys to percentages; the
+    other keys mirror the options. A file that
     is only a mapping of keys to limits is read as ``max_regression``.
     """
     path = Path(path)
@@ -178,6 +232,8 @@ def load_thresholds_file(path: str | Path) -> dict[str, Any]:
     if not data:
         return {}
     out: dict[str, Any] = {"thresholds": _limits(path, data.get("max_regression") or {})}
+    if data.get("min_recovery") is not None:
+        out["min_recovery"] = _floors(path, data["min_recovery"])
     for name in ("baseline_relative", "ignore"):
         if data.get(name) is not None:
             out[name] = _keys(path, name, data[name])
