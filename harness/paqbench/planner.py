@@ -17,9 +17,12 @@ from typing import Any
 
 import pydantic
 
+from paqbench.data.check import dataset_problems
+from paqbench.models.resolve import ModelResolutionError, resolve_source
 from paqbench.registry import Registry, UnknownNameError
 from paqbench.suite.errors import Problem, SuiteError
 from paqbench.suite.loader import LoadedSuite
+from paqbench.suite.schema import ModelConfig
 
 BASELINE = "baseline"
 
@@ -132,51 +135,10 @@ def build_plan(loaded: LoadedSuite, registry: Registry, overrides: Overrides | N
     overrides = overrides or Overrides()
     suite = loaded.suite
     problems: list[Problem] = []
-
-    model = suite.model.model_copy()
-    if overrides.model:
-        model = model.model_copy(update={"source": overrides.model, "kind": "auto", "gguf_file": None})
-    if overrides.device:
-        model = model.model_copy(update={"device": overrides.device})
-    from paqbench.models.resolve import ModelResolutionError, resolve_source
-
-    model_source = ""
-    try:
-        model_source = resolve_source(model, registry)
-    except ModelResolutionError as exc:
-        origin = "--model" if overrides.model else None
-        problems.append(_at(loaded, ("model", "source"), str(exc), origin))
-
-    from paqbench.data.check import dataset_problems
-
-    calibration = suite.calibration
-    for name, message in dataset_problems(registry, calibration.dataset, calibration.split, calibration.seqlen):
-        problems.append(loaded.problem(("calibration", name), message))
-    for index, reporter in enumerate(suite.reporters):
-        _check_name(loaded, registry, "reporters", reporter, ("reporters", index), problems)
-
-    metrics = []
-    for index, metric in enumerate(suite.metrics):
-        path = ("metrics", index)
-        cls = _check_name(loaded, registry, "metrics", metric.name, (*path, "name"), problems)
-        if cls is None:
-            continue
-        params = _validate_params(loaded, cls, metric.params, (*path, "params"), problems)
-        if params is not None:
-            metrics.append({"name": metric.name, "params": params})
-            if isinstance(params.get("dataset"), str):
-                for name, message in dataset_problems(registry, params["dataset"], params.get("split"),
-                                                      params.get("seqlen")):
-                    problems.append(loaded.problem(_yaml_path(loaded, (*path, "params", name)), message))
-
-    pipelines = [p for p in suite.pipelines if not overrides.only or p.name in overrides.only]
-    if overrides.only:
-        unknown = set(overrides.only) - {p.name for p in suite.pipelines} - {BASELINE}
-        for name in sorted(unknown):
-            known = [p.name for p in suite.pipelines]
-            problems.append(Problem(loaded.path, None, ("pipelines",),
-                                    str(UnknownNameError("pipelines", name, known)) + " (from --only)"))
-
+    model, model_source = _resolve_model(loaded, registry, overrides, problems)
+    _check_calibration_and_reporters(loaded, registry, problems)
+    metrics = _resolve_metrics(loaded, registry, problems)
+    pipelines = _selected_pipelines(loaded, overrides, problems)
     common = {
         "metrics": metrics,
         "model": model.hashed(),
@@ -188,6 +150,84 @@ def build_plan(loaded: LoadedSuite, registry: Registry, overrides: Overrides | N
         "export": list(suite.export),
         "export_check": suite.export_check.model_dump(),
     }
+    runs, searches = _expand_runs(loaded, registry, pipelines, common, problems)
+    specs = [*runs, *(s.template for s in searches)]
+    _check_engine_exports(loaded, metrics, specs, problems)
+    if model.offload == "disk":
+        _check_offload(loaded, registry, specs, problems)
+    data: list[str] = []
+    if not problems:
+        calibrates = any(registry.method(step["method"]).needs_calibration for spec in specs for step in spec.steps)
+        data = _data_origins(loaded, registry, metrics, calibrates, problems)
+    if problems:
+        raise SuiteError(problems)
+    resolved = suite.model_dump()
+    resolved["model"] = common["model"]
+    return Plan(suite_name=suite.name, runs=runs, resolved_suite=resolved, searches=searches, data=data)
+
+
+def _resolve_model(
+    loaded: LoadedSuite, registry: Registry, overrides: Overrides, problems: list[Problem]
+) -> tuple[ModelConfig, str]:
+    """The suite's model with the command line's overrides, and the source that loads it."""
+    model = loaded.suite.model.model_copy()
+    if overrides.model:
+        model = model.model_copy(update={"source": overrides.model, "kind": "auto", "gguf_file": None})
+    if overrides.device:
+        model = model.model_copy(update={"device": overrides.device})
+    model_source = ""
+    try:
+        model_source = resolve_source(model, registry)
+    except ModelResolutionError as exc:
+        origin = "--model" if overrides.model else None
+        problems.append(_at(loaded, ("model", "source"), str(exc), origin))
+    return model, model_source
+
+
+def _check_calibration_and_reporters(loaded: LoadedSuite, registry: Registry, problems: list[Problem]) -> None:
+    calibration = loaded.suite.calibration
+    for name, message in dataset_problems(registry, calibration.dataset, calibration.split, calibration.seqlen):
+        problems.append(loaded.problem(("calibration", name), message))
+    for index, reporter in enumerate(loaded.suite.reporters):
+        _check_name(loaded, registry, "reporters", reporter, ("reporters", index), problems)
+
+
+def _resolve_metrics(loaded: LoadedSuite, registry: Registry, problems: list[Problem]) -> list[dict[str, Any]]:
+    """Each metric with its validated parameters; the datasets they name are checked."""
+    metrics = []
+    for index, metric in enumerate(loaded.suite.metrics):
+        path = ("metrics", index)
+        cls = _check_name(loaded, registry, "metrics", metric.name, (*path, "name"), problems)
+        if cls is None:
+            continue
+        params = _validate_params(loaded, cls, metric.params, (*path, "params"), problems)
+        if params is None:
+            continue
+        metrics.append({"name": metric.name, "params": params})
+        if isinstance(params.get("dataset"), str):
+            for name, message in dataset_problems(registry, params["dataset"], params.get("split"),
+                                                  params.get("seqlen")):
+                problems.append(loaded.problem(_yaml_path(loaded, (*path, "params", name)), message))
+    return metrics
+
+
+def _selected_pipelines(loaded: LoadedSuite, overrides: Overrides, problems: list[Problem]) -> list[Any]:
+    """The pipelines ``--only`` keeps (all without it); an unknown name is a problem."""
+    suite = loaded.suite
+    if not overrides.only:
+        return list(suite.pipelines)
+    known = [p.name for p in suite.pipelines]
+    for name in sorted(set(overrides.only) - set(known) - {BASELINE}):
+        problems.append(Problem(loaded.path, None, ("pipelines",),
+                                str(UnknownNameError("pipelines", name, known)) + " (from --only)"))
+    return [p for p in suite.pipelines if p.name in overrides.only]
+
+
+def _expand_runs(
+    loaded: LoadedSuite, registry: Registry, pipelines: list[Any], common: dict[str, Any], problems: list[Problem]
+) -> tuple[list[RunSpec], list[SearchSpec]]:
+    """The baseline, then every pipeline's runs (one per swept combination) and searches."""
+    suite = loaded.suite
     runs = [RunSpec(name=BASELINE, pipeline=BASELINE, steps=[], **common)]
     searches: list[SearchSpec] = []
     metric_names = {m.name for m in suite.metrics}
@@ -204,20 +244,7 @@ def build_plan(loaded: LoadedSuite, registry: Registry, overrides: Overrides | N
                 runs.append(spec)
             else:
                 searches.append(SearchSpec(name=name, pipeline=pipeline.name, template=spec, **search))
-
-    _check_engine_exports(loaded, metrics, [*runs, *(s.template for s in searches)], problems)
-    if model.offload == "disk":
-        _check_offload(loaded, registry, [*runs, *(s.template for s in searches)], problems)
-    data: list[str] = []
-    if not problems:
-        calibrates = any(registry.method(step["method"]).needs_calibration
-                         for spec in [*runs, *(s.template for s in searches)] for step in spec.steps)
-        data = _data_origins(loaded, registry, metrics, calibrates, problems)
-    if problems:
-        raise SuiteError(problems)
-    resolved = suite.model_dump()
-    resolved["model"] = common["model"]
-    return Plan(suite_name=suite.name, runs=runs, resolved_suite=resolved, searches=searches, data=data)
+    return runs, searches
 
 
 def _check_offload(loaded: LoadedSuite, registry: Registry, specs: list[RunSpec], problems: list[Problem]) -> None:
@@ -448,12 +475,42 @@ def _search_axis(
     }
 
 
+Axis = tuple[int, str, list[Any]]  # (step index, parameter, swept values)
+
+
 def _expand_pipeline(
     loaded: LoadedSuite, registry: Registry, index: int, problems: list[Problem], metric_names: set[str]
 ) -> list[tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any] | None]]:
     """All (steps, swept values, threshold search or None) combinations of one pipeline."""
     pipeline = loaded.suite.pipelines[index]
-    axes: list[tuple[int, str, list[Any]]] = []
+    classes, axes = _step_classes_and_axes(loaded, registry, index, problems)
+    if any(cls is None for cls in classes):
+        return []
+    search = _search_axis(loaded, index, classes, problems, metric_names)
+    has_search = any(_is_search(v) for step in pipeline.steps for v in step.params.values())
+    if has_search and search is None:
+        return []
+    counts = _axis_counts(axes, search)
+    if search is not None:
+        step_name = pipeline.steps[search["step"]].method
+        search["label"] = search["param"] if counts[search["param"]] == 1 else f"{step_name}.{search['param']}"
+    combos = []
+    for values in itertools.product(*(axis[2] for axis in axes)):
+        chosen = {(axis[0], axis[1]): value for axis, value in zip(axes, values, strict=True)}
+        combo = _combination(loaded, index, classes, chosen, counts, search, problems)
+        if combo is None:
+            return []  # one bad combination is enough to report
+        steps, sweep = combo
+        combos.append((steps, sweep, dict(search) if search is not None else None))
+    return combos
+
+
+def _step_classes_and_axes(
+    loaded: LoadedSuite, registry: Registry, index: int, problems: list[Problem]
+) -> tuple[list[Any], list[Axis]]:
+    """Each step's method class (None if unknown) and the parameters the pipeline sweeps."""
+    pipeline = loaded.suite.pipelines[index]
+    axes: list[Axis] = []
     classes = []
     for step_index, step in enumerate(pipeline.steps):
         path = ("pipelines", index, "steps", step_index)
@@ -462,60 +519,72 @@ def _expand_pipeline(
         if cls is None:
             continue
         for key, value in step.params.items():
-            model_field = cls.Params.model_fields.get(key)
-            if model_field is None or not isinstance(value, list):
+            if not _is_sweep(cls, key, value):
                 continue
-            is_list = _is_list_field(model_field.annotation)
-            if not is_list or (value and all(isinstance(v, list) for v in value)):
-                if not value:
-                    problems.append(loaded.problem(_yaml_path(loaded, (*path, "params", key)),
-                                                   "an empty list sweeps over nothing"))
-                    continue
-                axes.append((step_index, key, value))
-    if any(cls is None for cls in classes):
-        return []
-    search = _search_axis(loaded, index, classes, problems, metric_names)
-    has_search = any(_is_search(v) for step in pipeline.steps for v in step.params.values())
-    if has_search and search is None:
-        return []
+            if not value:
+                problems.append(loaded.problem(_yaml_path(loaded, (*path, "params", key)),
+                                               "an empty list sweeps over nothing"))
+                continue
+            axes.append((step_index, key, value))
+    return classes, axes
 
+
+def _is_sweep(cls: Any, key: str, value: Any) -> bool:
+    """A list is a sweep unless the parameter itself takes a list (then a list of lists is)."""
+    model_field = cls.Params.model_fields.get(key)
+    if model_field is None or not isinstance(value, list):
+        return False
+    return not _is_list_field(model_field.annotation) or bool(value and all(isinstance(v, list) for v in value))
+
+
+def _axis_counts(axes: list[Axis], search: dict[str, Any] | None) -> dict[str, int]:
+    """How many swept (or searched) parameters share each name: those get a ``method.`` prefix."""
     counts: dict[str, int] = {}
     for _, key, _ in axes:
         counts[key] = counts.get(key, 0) + 1
     if search is not None:
         counts[search["param"]] = counts.get(search["param"], 0) + 1
-        step_name = pipeline.steps[search["step"]].method
-        search["label"] = search["param"] if counts[search["param"]] == 1 else f"{step_name}.{search['param']}"
+    return counts
 
-    combos = []
-    for values in itertools.product(*(axis[2] for axis in axes)):
-        chosen = {(axis[0], axis[1]): value for axis, value in zip(axes, values, strict=True)}
-        steps = []
-        sweep: dict[str, Any] = {}
-        for step_index, (step, cls) in enumerate(zip(pipeline.steps, classes, strict=True)):
-            params = dict(step.params)
-            for (swept_step, key), value in chosen.items():
-                if swept_step == step_index:
-                    params[key] = value
-                    sweep[key if counts[key] == 1 else f"{step.method}.{key}"] = value
-            path = ("pipelines", index, "steps", step_index, "params")
-            if search is not None and search["step"] == step_index:
-                # both ends of the searched range must be valid values of the parameter
-                cast = int if search["integer"] else float
-                for end in ("high", "low"):
-                    found: list[Problem] = []
-                    if _validate_params(loaded, cls, {**params, search["param"]: cast(search[end])}, path,
-                                        found) is None:
-                        problems += [Problem(p.file, p.line, p.path, f"{p.message} (the search's {end} end)")
-                                     for p in found]
-                        return []
-                params[search["param"]] = cast(search["low"])
-            validated = _validate_params(loaded, cls, params, path, problems)
-            if validated is None:
-                return []  # one bad combination is enough to report
-            steps.append({"method": step.method, "params": validated})
-        combos.append((steps, sweep, dict(search) if search is not None else None))
-    return combos
+
+def _combination(
+    loaded: LoadedSuite, index: int, classes: list[Any], chosen: dict[tuple[int, str], Any],
+    counts: dict[str, int], search: dict[str, Any] | None, problems: list[Problem],
+) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    """The validated steps and swept values of one combination; None after a problem."""
+    pipeline = loaded.suite.pipelines[index]
+    steps = []
+    sweep: dict[str, Any] = {}
+    for step_index, (step, cls) in enumerate(zip(pipeline.steps, classes, strict=True)):
+        params = dict(step.params)
+        for (swept_step, key), value in chosen.items():
+            if swept_step == step_index:
+                params[key] = value
+                sweep[key if counts[key] == 1 else f"{step.method}.{key}"] = value
+        path = ("pipelines", index, "steps", step_index, "params")
+        if search is not None and search["step"] == step_index:
+            if not _search_ends_valid(loaded, cls, params, path, search, problems):
+                return None
+            params[search["param"]] = (int if search["integer"] else float)(search["low"])
+        validated = _validate_params(loaded, cls, params, path, problems)
+        if validated is None:
+            return None
+        steps.append({"method": step.method, "params": validated})
+    return steps, sweep
+
+
+def _search_ends_valid(
+    loaded: LoadedSuite, cls: Any, params: dict[str, Any], path: tuple[str | int, ...],
+    search: dict[str, Any], problems: list[Problem],
+) -> bool:
+    """Both ends of the searched range must be valid values of the parameter."""
+    cast = int if search["integer"] else float
+    for end in ("high", "low"):
+        found: list[Problem] = []
+        if _validate_params(loaded, cls, {**params, search["param"]: cast(search[end])}, path, found) is None:
+            problems += [Problem(p.file, p.line, p.path, f"{p.message} (the search's {end} end)") for p in found]
+            return False
+    return True
 
 
 def _sweep_label(sweep: dict[str, Any]) -> str:
