@@ -12,7 +12,7 @@ from paqbench.peers import Peer, PeerUnavailable
 from paqbench.peers.convert import ConversionError, ConversionRecord, LayerConversion, integer_weight
 from paqbench.registry import get_registry
 
-PEERS = {"torchao": "torchao", "hqq-lib": "hqq", "llmcompressor": "llmcompressor"}
+PEERS = {"torchao": "torchao", "hqq-lib": "hqq", "auto-round": "auto-round", "llmcompressor": "llmcompressor"}
 #: llm-compressor recipes prune, quantize or both.
 FAMILIES = {"torchao": "quantize", "hqq-lib": "quantize", "auto-round": "quantize", "llmcompressor": "other"}
 #: Parameters without a default.
