@@ -83,7 +83,7 @@ def run_plan(
     summary says ``interrupted``. ``runner.executor: ray`` hands the runs to
     :mod:`paqbench.runner.ray_executor` (unless ``isolation`` is in-process, the
     ``--in-process`` debugging switch); it raises ``ExecutorError`` when Ray cannot be
-    used, before the output directory is touched.
+    used, before anything is written to the output directory.
     """
     args = (plan, output_dir, registry, isolation, resume, force, echo, log_level)
     if runner is not None and runner.executor == "ray" and isolation != "in-process":
