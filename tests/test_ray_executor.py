@@ -219,6 +219,13 @@ def test_missing_ray_names_the_install_command(tmp_path, monkeypatch):
         run_plan(build_plan(loaded, get_registry()), tmp_path / "out", registry=get_registry(),
                  echo=lambda m: None, runner=loaded.suite.runner)
     assert INSTALL in str(caught.value) and INSTALL == "pip install 'paqbench[ray]'"
+    from click.testing import CliRunner
+
+    from paqbench.cli import main
+
+    validated = CliRunner().invoke(main, ["validate", str(tmp_path / "suite.yaml")])
+    assert validated.exit_code == 2
+    assert validated.output.strip().splitlines() == [f"Error: {tmp_path / 'suite.yaml'}: {caught.value}"]
 
 
 def test_unreachable_address_is_one_line_exit_2_and_keeps_results(tmp_path):

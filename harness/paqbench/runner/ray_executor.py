@@ -86,11 +86,22 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+NOT_INSTALLED = f"runner.executor: ray needs Ray, which is not installed: {INSTALL}"
+
+
+def check_installed() -> None:
+    """For ``paqbench validate``: say that the suite needs Ray, without importing it (seconds)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ExecutorError(NOT_INSTALLED)
+
+
 def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ExecutorError(f"runner.executor: ray needs Ray, which is not installed: {INSTALL}") from None
+        raise ExecutorError(NOT_INSTALLED) from None
     return ray
 
 
