@@ -172,6 +172,13 @@ def validate(suites, model, quiet):
         problem = output_dir_problem(_output_dir(None, loaded.suite))
         if problem:
             _fail(f"{suite}: {problem}")
+        if loaded.suite.runner.executor == "ray":
+            from paqbench.runner.ray_executor import ExecutorError, check_installed
+
+            try:
+                check_installed()
+            except ExecutorError as exc:
+                _fail(f"{suite}: {exc}")
         if quiet:
             continue
         click.echo(f"{suite}: ok")
