@@ -4,20 +4,16 @@ engine, or unavailable with a reason. A format class that no builder covers fail
 
 from __future__ import annotations
 
-import importlib
-import inspect
-import pkgutil
 from collections.abc import Callable
 
 import pytest
 import torch
 from torch import nn
 
-import paqbench.layers
-import paqbench.quant
 from paqbench.export import TARGETS, capability_of, export_model
 from paqbench.export.layers import export_units
 from paqbench.export.roundtrip.compare import Tolerance
+from paqbench.layers.contract import registered_formats
 from paqbench.layers.sparsity import get_mask, set_mask
 from paqbench.layers.structured import InputSelect, OutputScatter, install, prune_channels
 from paqbench.models.embedded import byte_tokenizer, tiny_random_llama
@@ -84,18 +80,8 @@ BUILDERS: dict[str, tuple[type[nn.Module], Callable[[], nn.Module]]] = {
 
 
 def _format_classes() -> set[type[nn.Module]]:
-    """Every concrete layer class in paqbench.quant and paqbench.layers that declares
-    export_capability or a layer kind, plus torch's Linear."""
-    found: set[type[nn.Module]] = {nn.Linear}
-    for package in (paqbench.quant, paqbench.layers):
-        for info in pkgutil.iter_modules(package.__path__):
-            module = importlib.import_module(f"{package.__name__}.{info.name}")
-            for _, cls in inspect.getmembers(module, inspect.isclass):
-                if not issubclass(cls, nn.Module) or cls.__module__ != module.__name__ or cls.__name__.startswith("_"):
-                    continue
-                if hasattr(cls, "export_capability") or hasattr(cls, "paqbench_layer_kind"):
-                    found.add(cls)
-    return {cls for cls in found if not inspect.isabstract(cls) and cls.__name__ != "CodebookLinear"}
+    """Every registered layer format (paqbench_register_layer_formats), plus torch's Linear."""
+    return {nn.Linear, *registered_formats().values()}
 
 
 def test_every_format_has_a_builder():

@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from torch import nn
 from torch.nn.utils import prune
 
-from paqbench.layers import UnsupportedLayerError, get_mask, layer_kind, select_targets
+from paqbench.layers import CompressedLayer, UnsupportedLayerError, get_mask, layer_kind, select_targets
+from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS
 from paqbench.layers.structured import (
     InputSelect,
     OutputScatter,
@@ -316,11 +317,12 @@ def test_pruned_model_still_generates(tiny_llama, tiny_tokenizer, make_context, 
 # --- quantized layers ------------------------------------------------------------------
 
 
-class FakeQuantizedLinear(nn.Module):
+class FakeQuantizedLinear(CompressedLayer):
     """A test double of the quantized-layer editing contract (int8 codes, per-row scale),
     to pin down how l1-structured calls it; the real QuantizedLinear is tested below."""
 
     paqbench_layer_kind = "quantized"
+    capabilities = frozenset({SLICE_INPUTS, SLICE_OUTPUTS})
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
@@ -329,6 +331,14 @@ class FakeQuantizedLinear(nn.Module):
         self.register_buffer("codes", torch.round(weight / scale).to(torch.int8))
         self.register_buffer("scale", scale)
         self.bias = linear.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.codes.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.codes.shape[0]
 
     def dequantize(self) -> torch.Tensor:
         return self.codes.float() * self.scale

@@ -112,7 +112,7 @@ def test_block_builtin_by_short_name(monkeypatch):
 
 def test_every_hookspec_is_documented_and_typed():
     specs = [f for name, f in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("paqbench_")]
-    assert len(specs) == 5
+    assert len(specs) == 6
     for spec in specs:
         assert spec.__doc__ and len(spec.__doc__.strip()) > 40, spec.__name__
         assert list(inspect.signature(spec).parameters) == ["register"]

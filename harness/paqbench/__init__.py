@@ -1,7 +1,8 @@
 """paqbench: a pluggable benchmarking harness for compressing large language models.
 
 Plugin authors need only this module: ``hookimpl`` marks hook implementations, and the
-base classes define what a method, metric, model source, dataset or reporter is.
+base classes define what a method, metric, model source, dataset, reporter or compressed
+layer format is.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -21,6 +22,7 @@ from paqbench.interfaces import (
     TextCorpus,
     Unavailable,
 )
+from paqbench.layers.contract import CompressedLayer
 
 try:
     __version__ = version("paqbench")
@@ -28,6 +30,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "CompressedLayer",
     "DataOrigin",
     "Dataset",
     "Measurement",

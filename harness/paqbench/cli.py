@@ -284,10 +284,10 @@ def plugins():
 
 
 @main.command(name="list")
-@click.argument("kind", type=click.Choice(["methods", "metrics", "models", "datasets", "reporters"]))
+@click.argument("kind", type=click.Choice(["methods", "metrics", "models", "datasets", "reporters", "formats"]))
 @click.option("--verbose", "-v", is_flag=True, help="Show descriptions and every parameter with type and default.")
 def list_(kind, verbose):
-    """List registered methods, metrics, models, datasets or reporters."""
+    """List registered methods, metrics, models, datasets, reporters or layer formats."""
     from paqbench.listing import list_text
 
     _, registry = _registry()

@@ -21,6 +21,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from paqbench.interfaces import Dataset, Method, Metric, ModelSource, Reporter
+    from paqbench.layers.contract import CompressedLayer
 
 PROJECT_NAME = "paqbench"
 
@@ -69,3 +70,16 @@ def paqbench_register_datasets(register: Callable[[type[Dataset]], None]) -> Non
 def paqbench_register_reporters(register: Callable[[type[Reporter]], None]) -> None:
     """Register reporters, which turn a finished (or partial) report into files in the
     output directory (``report.json``, ``report.md``, plots, ...)."""
+
+
+@hookspec
+def paqbench_register_layer_formats(register: Callable[[type[CompressedLayer]], None]) -> None:
+    """Register compressed layer formats.
+
+    Call ``register(LayerClass)`` for each :class:`paqbench.CompressedLayer` subclass. The
+    class declares its ``name``, its layer kind (``paqbench_layer_kind``, what methods
+    ``accept``), the ``capabilities`` methods may ask for (zero weights, slice inputs or
+    outputs, an exact grid) and the ``state_marker`` whose checkpoint tensor makes
+    ``load_quantized`` rebuild it (``empty_from_state``). A registered format saves and
+    loads like a built-in one; check it with :func:`paqbench.testing.check_layer_format`.
+    """

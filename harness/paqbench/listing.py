@@ -49,6 +49,8 @@ def list_text(registry: Registry, kind: str, verbose: bool) -> str:
         if kind == "methods":
             accepts = ", ".join(sorted(cls.accepts))
             row += [cls.family, accepts, "yes" if cls.needs_calibration else "no"]
+        if kind == "formats":
+            row += [cls.paqbench_layer_kind, ", ".join(sorted(cls.capabilities)) or "-"]
         row += [entry.plugin, cls.summary()]
         rows.append(row)
         if verbose:
@@ -58,6 +60,11 @@ def list_text(registry: Registry, kind: str, verbose: bool) -> str:
                             f"calibration: {'yes' if cls.needs_calibration else 'no'}")
             if kind == "datasets":
                 text.append(f"  splits: {', '.join(cls.splits)}")
+            if kind == "formats":
+                text.append(f"  kind: {cls.paqbench_layer_kind}; capabilities: "
+                            f"{', '.join(sorted(cls.capabilities)) or 'none'}; checkpoint marker: {cls.state_marker}")
+                blocks.append("\n".join(text))
+                continue
             param_rows = parameter_rows(cls.Params)
             if param_rows:
                 table_text = tabulate(param_rows, headers=["parameter", "type", "default", "description"])
@@ -70,6 +77,8 @@ def list_text(registry: Registry, kind: str, verbose: bool) -> str:
     headers = ["name"]
     if kind == "methods":
         headers += ["family", "accepts", "calibration"]
+    if kind == "formats":
+        headers += ["kind", "capabilities"]
     headers += ["plugin", "description"]
     return tabulate(rows, headers=headers)
 

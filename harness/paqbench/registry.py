@@ -14,6 +14,7 @@ from typing import Any
 import pluggy
 
 from paqbench.interfaces import Dataset, Method, Metric, ModelSource, Reporter
+from paqbench.layers.contract import CompressedLayer
 
 #: registry kind -> (hook name, base class)
 KINDS: dict[str, tuple[str, type]] = {
@@ -22,6 +23,7 @@ KINDS: dict[str, tuple[str, type]] = {
     "models": ("paqbench_register_model_sources", ModelSource),
     "datasets": ("paqbench_register_datasets", Dataset),
     "reporters": ("paqbench_register_reporters", Reporter),
+    "formats": ("paqbench_register_layer_formats", CompressedLayer),
 }
 
 
@@ -110,6 +112,9 @@ class Registry:
 
     def reporter(self, name: str) -> type[Reporter]:
         return self.get("reporters", name)
+
+    def layer_format(self, name: str) -> type[CompressedLayer]:
+        return self.get("formats", name)
 
     def by_plugin(self) -> dict[str, dict[str, list[str]]]:
         """plugin name -> kind -> names it registered."""

@@ -8,6 +8,11 @@ Fixtures: ``tiny_llama`` (a fresh 2-layer random-weight Llama per test),
 ``tiny_tokenizer`` (byte-level, built in code), ``calibration_batch`` (8 windows of 64
 tokens of the embedded text), and ``make_context`` (a :class:`paqbench.RunContext`
 factory wired to the registry, with calibration drawn from the embedded text).
+
+:func:`check_layer_format` is the contract test every layer format passes (built-in or
+third-party): call it with a factory of filled layers. :func:`run_checked_step` applies
+one method and checks it composed with what the model already is (zeros stay zero, shapes
+consistent, finite perplexity) or refused up front with ``UnsupportedLayerError``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import pytest
 import torch
 
 from paqbench.context import RunContext
+from paqbench.layers.contract_check import FormatContractError, check_layer_format
+from paqbench.layers.pipeline_check import CompositionError, check_invariants, run_checked_step
 from paqbench.models.embedded import byte_tokenizer, tiny_random_llama
 from paqbench.suite.schema import CalibrationConfig, ModelConfig
 
@@ -83,3 +90,17 @@ def make_context(tiny_tokenizer, tmp_path):
 def calibration_batch(make_context) -> torch.Tensor:
     """``[8, 64]`` token ids drawn from the embedded calibration text."""
     return torch.cat(make_context().calibration_batches(), dim=0)
+
+
+__all__ = [
+    "CompositionError",
+    "FormatContractError",
+    "calibration_batch",
+    "check_invariants",
+    "check_layer_format",
+    "make_context",
+    "make_run_context",
+    "run_checked_step",
+    "tiny_llama",
+    "tiny_tokenizer",
+]

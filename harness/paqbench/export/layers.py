@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from paqbench.export.capability import FALLBACKS
+from paqbench.layers.contract import CompressedLayer
 
 
 def is_unit(module: nn.Module) -> bool:
-    return callable(getattr(module, "export_capability", None)) or isinstance(module, tuple(FALLBACKS))
+    return isinstance(module, (CompressedLayer, *FALLBACKS))
 
 
 def export_units(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -33,21 +34,11 @@ def export_units(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 @torch.no_grad()
 def dense_weight(module: nn.Module) -> torch.Tensor:
-    """The float32 ``[out, in]`` weight a unit computes with (removed channels of a
-    structured-pruning wrapper are zero columns or rows)."""
-    from paqbench.layers.structured import InputSelect, OutputScatter
-    from paqbench.quant.embedding import TiedQuantizedHead
-
-    if isinstance(module, (InputSelect, OutputScatter)):
-        inner = dense_weight(module.layer)
-        full = inner.new_zeros(module.out_features, module.in_features)
-        if isinstance(module, InputSelect):
-            return full.index_copy_(1, module.index.to(full.device), inner)
-        return full.index_copy_(0, module.index.to(full.device), inner)
-    if isinstance(module, TiedQuantizedHead):
-        return module.embedding.dequantize()
-    if callable(getattr(module, "dequantize", None)):
-        return module.dequantize().float()
+    """The float32 ``[out, in]`` weight a unit computes with: the contract's
+    ``dequantized_weight()`` (removed channels of a structured-pruning wrapper are zero
+    columns or rows; a tied head's is its table), or the weight of torch's own layers."""
+    if isinstance(module, CompressedLayer):
+        return module.dequantized_weight().float()
     return module.weight.detach().float()
 
 

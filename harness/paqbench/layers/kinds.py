@@ -43,15 +43,3 @@ def check_supported(
                 f"and {method!r} accepts {', '.join(sorted(allowed))}. "
                 "Reorder the pipeline, or narrow the method's `targets`."
             )
-
-
-def kernels_in_use(model: nn.Module) -> dict[str, int]:
-    """How many compressed layers run on each forward path (``{"int4-cpu": 210,
-    "reference": 1}``), from the ``kernel`` attribute such layers keep. Read it after a
-    forward: a layer chooses its path on the first call with a given activation dtype."""
-    counts: dict[str, int] = {}
-    for module in model.modules():
-        kernel = getattr(module, "kernel", None)
-        if getattr(module, KIND_ATTRIBUTE, None) and isinstance(kernel, str):
-            counts[kernel] = counts.get(kernel, 0) + 1
-    return dict(sorted(counts.items()))

@@ -32,9 +32,13 @@ slower with widths rounded to multiples of 8, and 2.6-4x slower with the exact (
 widths, which miss the tensor cores; see ``kept_count(multiple_of=...)``. What falls for
 sure is parameters, checkpoint bytes and weight memory.
 
-A quantized layer is pruned through its own editing methods (``dequantize()`` for the
-norms, ``select_input_features(index)`` / ``select_output_features(index)`` to slice
-codes, scales, zero points, group index and bias consistently, in place), then wrapped.
+Every layer is pruned through the compressed-layer contract
+(:mod:`paqbench.layers.contract`): ``dequantized_weight()`` for the norms, and
+``sliced(index, dim)``, which edits a format in place (``select_input_features`` /
+``select_output_features`` slice codes, scales, zero points, group index and bias
+consistently) or returns a smaller ``nn.Linear`` for a float one, then wrapped. The
+wrappers are contract members themselves (kind ``structured``, a *container*: never a
+target, their accounting is their inner layer's).
 """
 
 from __future__ import annotations
@@ -45,17 +49,13 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
-from paqbench.layers.kinds import UnsupportedLayerError, layer_kind
-from paqbench.layers.sparsity import get_mask, set_mask
+from paqbench.layers.contract import CompressedLayer, as_layer, dequantized_weight
 
 if TYPE_CHECKING:
     from paqbench.export.capability import Capability
 
 Dim = Literal["input", "output"]
 Norm = Literal["l1", "l2"]
-
-#: What a quantized layer must provide to be pruned structurally.
-QUANTIZED_EDITING_METHODS = ("dequantize", "select_input_features", "select_output_features")
 
 
 def kept_count(channels: int, ratio: float, multiple_of: int = 1) -> int:
@@ -98,12 +98,14 @@ def select_channels(
     return torch.sort(top).values.to(torch.int64)
 
 
-class _ChannelSelection(nn.Module):
+class _ChannelSelection(CompressedLayer):
     """Shared shape of the two wrappers: an inner layer, the kept channel index (a
     persistent ``int64`` buffer named after the direction, so a checkpoint says which
     wrapper to rebuild), and the layer's logical ``in_features`` / ``out_features``."""
 
     INDEX_BUFFER: str
+    paqbench_layer_kind = "structured"
+    container = True
 
     def __init__(
         self, layer: nn.Module, index: torch.Tensor, in_features: int, out_features: int
@@ -118,6 +120,44 @@ class _ChannelSelection(nn.Module):
     def index(self) -> torch.Tensor:
         """The kept channels, ascending."""
         return getattr(self, self.INDEX_BUFFER)
+
+    def dequantize(self) -> torch.Tensor:
+        """The full-width ``[out_features, in_features]`` weight: the inner layer's
+        columns or rows at ``index``, zeros elsewhere."""
+        inner = dequantized_weight(self.layer).float()
+        full = inner.new_zeros(self.out_features, self.in_features)
+        axis = 1 if self.INDEX_BUFFER == InputSelect.INDEX_BUFFER else 0
+        return full.index_copy(axis, self.index.to(inner.device), inner)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``F.linear`` with the full-width weight and the inner bias at its channels."""
+        bias = getattr(self.layer, "bias", None)
+        if bias is not None and self.INDEX_BUFFER == OutputScatter.INDEX_BUFFER:
+            bias = bias.new_zeros(self.out_features).index_copy(0, self.index.to(bias.device), bias)
+        weight = self.dequantize().to(x.dtype)
+        return torch.nn.functional.linear(x, weight, None if bias is None else bias.to(x.dtype))
+
+    def paqbench_numel(self) -> int:
+        return as_layer(self.layer).paqbench_numel()
+
+    def paqbench_nonzero(self) -> int:
+        layer = self.layer
+        if isinstance(layer, CompressedLayer):
+            return layer.paqbench_nonzero()
+        return sum(int(torch.count_nonzero(p)) for p in layer.parameters())
+
+    def paqbench_storage_bits(self) -> int:
+        """The inner layer's bits plus the kept index."""
+        layer = self.layer
+        inner = (layer.paqbench_storage_bits() if isinstance(layer, CompressedLayer)
+                 else sum(p.numel() * p.element_size() * 8 for p in layer.parameters()))
+        return inner + self.index.numel() * self.index.element_size() * 8
+
+    def paqbench_macs(self) -> tuple[int, int]:
+        layer = self.layer
+        if isinstance(layer, CompressedLayer):
+            return layer.paqbench_macs()
+        return layer.weight.numel(), int(torch.count_nonzero(layer.weight))
 
     def export_capability(self, target: str) -> Capability:
         """Engines have no gather/scatter layer: written as the full-width dense layer
@@ -135,6 +175,9 @@ class InputSelect(_ChannelSelection):
     ``len(index)``."""
 
     INDEX_BUFFER = "input_index"
+    name = "input-select"
+    description = "Structured input pruning: gathers the kept input channels, then runs a smaller inner layer."
+    state_marker = INDEX_BUFFER
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x.index_select(-1, self.index))
@@ -148,6 +191,9 @@ class OutputScatter(_ChannelSelection):
     only the kept output channels; removed channels are exactly 0 (bias included)."""
 
     INDEX_BUFFER = "output_index"
+    name = "output-scatter"
+    description = "Structured output pruning: a smaller inner layer, scattered into zeros of the full width."
+    state_marker = INDEX_BUFFER
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kept = self.layer(x)
@@ -164,55 +210,6 @@ _WRAPPERS: dict[str, type[_ChannelSelection]] = {
 }
 
 
-def is_quantized_editable(module: nn.Module) -> bool:
-    """Whether a quantized layer offers the editing methods structured pruning needs."""
-    return all(callable(getattr(module, name, None)) for name in QUANTIZED_EDITING_METHODS)
-
-
-def logical_weight(module: nn.Module, name: str = "", step: str | None = None) -> torch.Tensor:
-    """The ``[out, in]`` float weight the layer computes with: ``weight`` of a dense or
-    masked Linear, ``dequantize()`` of a quantized layer."""
-    kind = layer_kind(module)
-    if kind in ("dense", "pruned"):
-        return module.weight
-    if kind == "quantized" and is_quantized_editable(module):
-        return module.dequantize()
-    where = f"step {step}" if step else "structured pruning"
-    missing = [m for m in QUANTIZED_EDITING_METHODS if not callable(getattr(module, m, None))]
-    raise UnsupportedLayerError(
-        f"{where} cannot prune layer {name!r} structurally: it is {kind} ({type(module).__name__})"
-        + (f" without {', '.join(missing)}()" if kind == "quantized" else "")
-        + ". Reorder the pipeline, or narrow the method's `targets`."
-    )
-
-
-@torch.no_grad()
-def _slice_linear(linear: nn.Linear, index: torch.Tensor, dim: Dim) -> nn.Linear:
-    """A new, smaller ``nn.Linear`` holding the kept columns or rows (and their mask)."""
-    weight = linear.weight
-    index = index.to(weight.device)
-    if dim == "input":
-        new_weight, bias = weight.index_select(1, index), linear.bias
-        out_features, in_features = weight.shape[0], index.numel()
-    else:
-        new_weight = weight.index_select(0, index)
-        bias = linear.bias.index_select(0, index) if linear.bias is not None else None
-        out_features, in_features = index.numel(), weight.shape[1]
-    small = nn.utils.skip_init(
-        nn.Linear, in_features, out_features, bias=bias is not None,
-        device=weight.device, dtype=weight.dtype,
-    )
-    small.weight.copy_(new_weight)
-    small.weight.requires_grad_(weight.requires_grad)
-    if bias is not None:
-        small.bias.copy_(bias)
-        small.bias.requires_grad_(linear.bias.requires_grad)
-    mask = get_mask(linear)
-    if mask is not None:  # a masked weight stays masked: later steps keep its zeros
-        set_mask(small, mask.index_select(1 if dim == "input" else 0, index))
-    return small
-
-
 def prune_channels(
     module: nn.Module, index: torch.Tensor, dim: Dim, shape: tuple[int, int] | None = None
 ) -> InputSelect | OutputScatter:
@@ -220,17 +217,12 @@ def prune_channels(
     wrapper that replaces it. A quantized layer is edited in place and wrapped; a dense
     or masked Linear is replaced by a smaller Linear inside the wrapper. ``shape`` is the
     layer's ``[out, in]`` when the caller already knows it (saves a dequantization)."""
-    out_features, in_features = shape if shape is not None else logical_weight(module).shape
+    out_features, in_features = shape if shape is not None else dequantized_weight(module).shape
     index = index.to(torch.int64)
-    if layer_kind(module) == "quantized":
-        if dim == "input":
-            module.select_input_features(index)
-        else:
-            module.select_output_features(index)
-        inner = module
-    else:
-        inner = _slice_linear(module, index, dim)
-        index = index.to(module.weight.device)
+    inner = as_layer(module).sliced(index, dim)
+    reference = next(iter(inner.parameters()), None) if not isinstance(inner, CompressedLayer) else None
+    if reference is not None:
+        index = index.to(reference.device)
     wrapper = InputSelect if dim == "input" else OutputScatter
     return wrapper(inner, index, in_features, out_features)
 

@@ -11,6 +11,7 @@ import re
 
 from torch import nn
 
+from paqbench.layers.contract import CompressedLayer
 from paqbench.layers.kinds import layer_kind
 
 
@@ -64,4 +65,6 @@ def select_targets(model: nn.Module, pattern: str | None = None) -> dict[str, nn
 
 
 def _is_linear_like(module: nn.Module) -> bool:
-    return layer_kind(module) != "other"
+    """Any layer with a kind, except containers (structured-pruning wrappers), whose inner
+    layer is the target."""
+    return layer_kind(module) != "other" and not (isinstance(module, CompressedLayer) and module.container)

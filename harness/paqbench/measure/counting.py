@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import torch
 
+from paqbench.layers.contract import CompressedLayer, accounted_layers
+
 
 def linear_macs(model: torch.nn.Module) -> tuple[int, int]:
     """(dense, nonzero) multiply-accumulates of all linear layers for one token.
 
-    Counts every layer that computes a matmul (``nn.Linear`` and compressed layers with
-    ``paqbench_numel``), the LM head included, by the size of the matmul it really
-    computes: a structurally pruned layer counts its smaller weight."""
+    Counts every layer that computes a matmul (``nn.Linear`` and layer formats, which say
+    what they compute with ``paqbench_macs``: an embedding 0, a tied head its logits), the
+    LM head included, by the size of the matmul it really computes: a structurally pruned
+    layer counts its smaller weight (a wrapper is a container; its inner layer counts)."""
     dense = nonzero = 0
     for module in model.modules():
-        if hasattr(module, "paqbench_macs"):  # a module that says what it computes (embedding: 0, tied head)
+        if isinstance(module, CompressedLayer):
+            if module.container:
+                continue
             module_dense, module_nonzero = module.paqbench_macs()
             dense += int(module_dense)
             nonzero += int(module_nonzero)
-        elif hasattr(module, "paqbench_numel"):
-            dense += int(module.paqbench_numel())
-            nonzero += int(module.paqbench_nonzero())
         elif isinstance(module, torch.nn.Linear):
             dense += module.weight.numel()
             nonzero += int(torch.count_nonzero(module.weight))
@@ -46,13 +48,14 @@ def attention_macs(config, seqlen: int) -> int:
 def count_parameters(model: torch.nn.Module) -> tuple[int, int, int]:
     """(total, nonzero, storage bits) over the unique parameters.
 
-    Tied weights count once. A compressed module may report its logical size itself by
-    defining ``paqbench_numel()``, ``paqbench_nonzero()`` and ``paqbench_storage_bits()``
-    (packed codes, scales and zero points are buffers, not parameters); then its own
-    tensors are not counted again.
+    Tied weights count once. A layer format (:class:`paqbench.CompressedLayer`) reports
+    its logical size itself (``paqbench_numel()``, ``paqbench_nonzero()``,
+    ``paqbench_storage_bits()``: packed codes, scales and zero points are buffers, not
+    parameters); then its own tensors are not counted again. A structured-pruning wrapper
+    is a container: its inner layer is counted.
     """
     total = nonzero = bits = 0
-    custom = [m for m in model.modules() if hasattr(m, "paqbench_numel")]
+    custom = accounted_layers(model)
     covered: set[int] = set()
     for module in custom:
         total += int(module.paqbench_numel())
@@ -73,7 +76,7 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int, int]:
 
 def layer_counts(module: torch.nn.Module) -> tuple[int, int, int]:
     """(logical weights, zero weights, storage bits) of one target layer."""
-    if hasattr(module, "paqbench_numel"):
+    if isinstance(module, CompressedLayer):
         numel = int(module.paqbench_numel())
         return numel, numel - int(module.paqbench_nonzero()), int(module.paqbench_storage_bits())
     weight = module.weight

@@ -18,32 +18,20 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from paqbench.layers import UnsupportedLayerError, get_mask, layer_kind, set_mask
+from paqbench.layers import get_mask
+from paqbench.layers.contract import ZERO_WEIGHTS, as_layer, dequantized_weight, require
 
-
-def current_weight(module: nn.Module) -> torch.Tensor:
-    """The float weight ``[out, in]`` a layer computes with (dequantized for a quantized
-    layer); a view of the parameter for ``nn.Linear``, do not edit it."""
-    if layer_kind(module) in ("dense", "pruned"):
-        return module.weight.detach()
-    dequantize = getattr(module, "dequantize", None)
-    if dequantize is None:
-        raise UnsupportedLayerError(f"{type(module).__name__} has no dequantize(): its weights cannot be scored")
-    return dequantize()
+#: The float weight ``[out, in]`` a layer computes with (dequantized for a format; a view of
+#: the parameter for ``nn.Linear``, do not edit it): the contract's one definition.
+current_weight = dequantized_weight
 
 
 def apply_keep_mask(module: nn.Module, keep: torch.Tensor, name: str = "layer") -> None:
-    """Prune ``module`` to ``keep`` (combined with its recorded mask)."""
-    if layer_kind(module) in ("dense", "pruned"):
-        set_mask(module, keep)
-        return
-    zero_weights = getattr(module, "zero_weights", None)
-    if zero_weights is None:
-        raise UnsupportedLayerError(
-            f"layer {name!r} ({type(module).__name__}, kind {layer_kind(module)}) has no zero_weights(keep): "
-            "it cannot be pruned unstructured"
-        )
-    zero_weights(keep)
+    """Prune ``module`` to ``keep`` (combined with its recorded mask) through the
+    contract's ``zero_weights``: real zeros and a recorded mask on an ``nn.Linear``, codes
+    at exact zero on a format; a layer without ``zero-weights`` is refused, named."""
+    require({name: module}, ZERO_WEIGHTS, "pruning", None)
+    as_layer(module, name).zero_weights(keep)
 
 
 def pruned_count(module: nn.Module) -> int:
@@ -138,6 +126,6 @@ def pruning_facts(modules: Mapping[str, nn.Module], pattern: object | None = Non
 
 
 def current_weight_numel(module: nn.Module) -> int:
-    if layer_kind(module) in ("dense", "pruned"):
+    if isinstance(module, nn.Linear):
         return module.weight.numel()
     return int(module.out_features) * int(module.in_features)

@@ -15,12 +15,9 @@
   :mod:`~paqbench.quant.vq`: codebook formats (NF4, k-means tables, vector quantization).
 """
 
-# Every layer format registers how to rebuild itself from a checkpoint on import, so that
-# load_quantized knows all of them in any process.
-from paqbench.quant import embedding, fp8, lut, nf4, vq, w8a8  # noqa: F401  (registration)
-from paqbench.quant.linear import QuantizedLinear, load_quantized, register_format, replace_with_quantized
+# Layer formats are found for loading through the registry (the
+# paqbench_register_layer_formats hook; built-ins in paqbench_plugins.formats).
+from paqbench.quant.linear import QuantizedLinear, load_quantized, replace_with_quantized
 from paqbench.quant.quantizer import QuantConfig, QuantizedWeight
 
-__all__ = [
-    "QuantConfig", "QuantizedLinear", "QuantizedWeight", "load_quantized", "register_format", "replace_with_quantized",
-]
+__all__ = ["QuantConfig", "QuantizedLinear", "QuantizedWeight", "load_quantized", "replace_with_quantized"]

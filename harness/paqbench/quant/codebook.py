@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paqbench.layers.sparsity import get_mask, record_mask
+from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS, ZERO_WEIGHTS, CompressedLayer
+from paqbench.layers.sparsity import record_mask
 from paqbench.quant import kernels
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 _CHUNK = 4096
 
 
-class CodebookLinear(nn.Module):
+class CodebookLinear(CompressedLayer):
     """Base class of the codebook layers: everything but the format itself.
 
     A subclass defines ``dequantize()``, the editing methods, ``empty_from_state`` and
@@ -46,7 +47,7 @@ class CodebookLinear(nn.Module):
     dtype when the model is cast, like ``QuantizedLinear.scales``).
     """
 
-    paqbench_layer_kind = "quantized"
+    capabilities = frozenset({ZERO_WEIGHTS, SLICE_INPUTS, SLICE_OUTPUTS})
     STORED: ClassVar[tuple[str, ...]] = ()
     FORMAT_FLOATS: ClassVar[tuple[str, ...]] = ()
 
@@ -60,9 +61,6 @@ class CodebookLinear(nn.Module):
             self.register_parameter("bias", None)
         #: The forward path in use: "reference" (dequantize, then F.linear) or a fast kernel's name.
         self.kernel = kernels.REFERENCE
-
-    def dequantize(self) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
 
     def export_capability(self, target: str) -> Capability:
         """No export target has a codebook type: the weight is written dequantized."""
@@ -85,44 +83,13 @@ class CodebookLinear(nn.Module):
 
     def _check_keep(self, keep: torch.Tensor) -> torch.Tensor:
         """``keep`` as a bool tensor on the layer's device, combined with the recorded mask."""
-        if tuple(keep.shape) != (self.out_features, self.in_features):
-            raise ValueError(
-                f"mask shape {tuple(keep.shape)} does not match weight {(self.out_features, self.in_features)}"
-            )
-        keep = keep.to(device=self._device(), dtype=torch.bool)
-        previous = get_mask(self)
-        if previous is not None:
-            keep = keep & previous.to(keep.device)
-        return keep
-
+        return self._combined_keep(keep)
 
     def _set_mask(self, keep: torch.Tensor | None) -> None:
         if keep is not None:
             record_mask(self, keep)
 
-    def _slice_mask(self, index: torch.Tensor, dim: int) -> None:
-        mask = get_mask(self)
-        if mask is not None:
-            self._set_mask(mask.index_select(dim, index.to(mask.device)))
-
-    def _slice_bias(self, index: torch.Tensor) -> None:
-        if self.bias is not None:
-            self.bias = nn.Parameter(self.bias.detach().index_select(0, index), requires_grad=self.bias.requires_grad)
-
     # ------------------------------------------------------------------ accounting
-
-    def paqbench_numel(self) -> int:
-        """Logical parameters: the weights this layer stands for, plus the bias."""
-        bias = self.bias.numel() if self.bias is not None else 0
-        return self.out_features * self.in_features + bias
-
-    @torch.no_grad()
-    def paqbench_nonzero(self) -> int:
-        """Weights that dequantize to a nonzero value, plus nonzero bias entries."""
-        nonzero = int(torch.count_nonzero(self.dequantize()))
-        if self.bias is not None:
-            nonzero += int(torch.count_nonzero(self.bias))
-        return nonzero
 
     def paqbench_storage_bits(self) -> int:
         """Bits actually stored: every persistent buffer of the format, plus the bias."""

@@ -27,7 +27,7 @@ directly (:mod:`paqbench.quant.kernels`, the same probe and policy as the Linear
 head is the largest single matmul of a small model (SmolLM2: 49152 x 576), so this is
 where a 4-bit table pays off at decode time.
 
-Loading: ``emeta`` marks the format (:func:`~paqbench.quant.linear.register_format`), and
+Loading: ``emeta`` marks the format (its ``state_marker``, registered as a layer format), and
 its ``tied`` entry tells :func:`~paqbench.quant.linear.load_quantized` (through a load
 hook) to put a :class:`TiedQuantizedHead` on the model's output embeddings again.
 """
@@ -41,23 +41,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paqbench.layers.contract import CompressedLayer
 from paqbench.quant import kernels
-from paqbench.quant.linear import register_format, register_load_hook, replace_module
+from paqbench.quant.linear import replace_module
 from paqbench.quant.packing import pack, packed_length, unpack
 from paqbench.quant.quantizer import SCALE_DTYPE, QuantConfig, QuantizedWeight, dequantize, quantize_rtn
 
 if TYPE_CHECKING:
     from paqbench.export.capability import Capability
 
-_BUFFERS = ("qweight", "qzeros", "scales", "g_idx", "emeta")
 #: Vocabulary rows the tied head dequantizes at once (SmolLM2: 16384 x 576 float32 = 38 MB).
 DEFAULT_CHUNK_ROWS = 16384
 
 
-class QuantizedEmbedding(nn.Module):
+class QuantizedEmbedding(CompressedLayer):
     """A token embedding whose table is stored as packed low-bit codes."""
 
+    name = "quantized-embedding"
+    description = "Token table as packed integer codes with fp16 scales and zero points; rows dequantized on gather."
     paqbench_layer_kind = "quantized-embedding"
+    state_marker = "emeta"
 
     def __init__(
         self,
@@ -151,6 +154,10 @@ class QuantizedEmbedding(nn.Module):
         packed = self.qzeros if rows is None else self.qzeros.index_select(0, rows)
         return unpack(packed, self.bits, self.n_groups)
 
+    def reference_forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """What the forward must equal: a gather from the dequantized table."""
+        return F.embedding(input_ids, self.dequantize().to(self.output_dtype))
+
     def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The float32 table rows ``rows`` (all when None) the codes stand for."""
         scales = self.scales if rows is None else self.scales.index_select(0, rows)
@@ -208,10 +215,6 @@ class QuantizedEmbedding(nn.Module):
             nonzero += int((codes != zeros).sum())
         return nonzero
 
-    def paqbench_storage_bits(self) -> int:
-        """Bits actually stored: packed codes, packed zeros, scales, group index, metadata."""
-        return sum(getattr(self, name).numel() * getattr(self, name).element_size() * 8 for name in _BUFFERS)
-
     def paqbench_macs(self) -> tuple[int, int]:
         """An embedding is a gather, not a matmul: no multiply-accumulates."""
         return 0, 0
@@ -255,11 +258,13 @@ class QuantizedEmbedding(nn.Module):
         self.tied = bool(tied)
 
 
-class TiedQuantizedHead(nn.Module):
+class TiedQuantizedHead(CompressedLayer):
     """An LM head tied to a :class:`QuantizedEmbedding`: logits against the dequantized
     table, so the codes are stored once. Holds no tensors (the embedding is a plain
     reference, not a child module, so it is neither saved nor counted twice)."""
 
+    name = "tied-quantized-head"
+    description = "LM head computing logits against a QuantizedEmbedding's table (stored once, by the table)."
     paqbench_layer_kind = "tied-quantized-head"
 
     def __init__(self, embedding: QuantizedEmbedding, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
@@ -307,6 +312,41 @@ class TiedQuantizedHead(nn.Module):
         self._kernel_key = key
         self.kernel = self._kernel.name if self._kernel is not None else kernels.REFERENCE
 
+    def dequantize(self) -> torch.Tensor:
+        """The table the logits are computed against, float32 ``[vocab, dim]``."""
+        return self.embedding.dequantize()
+
+    @property
+    def bits(self) -> int:
+        return self.embedding.bits
+
+    def quantized_weight(self) -> QuantizedWeight:
+        """The table's grid (what an export writes once, for both)."""
+        return self.embedding.quantized_weight()
+
+    def select_kernel(self, device: torch.device | str, dtype: torch.dtype) -> None:
+        table = self.embedding
+        self._select_kernel(torch.device(device), dtype, (torch.device(device), dtype, table.qweight.data_ptr(),
+                                                           table.qweight._version, table.scales.data_ptr(),
+                                                           table.scales._version))
+
+    def paqbench_numel(self) -> int:
+        """Nothing of its own: the table is counted once, by the embedding."""
+        return 0
+
+    def paqbench_nonzero(self) -> int:
+        return 0
+
+    def paqbench_storage_bits(self) -> int:
+        return 0
+
+    @classmethod
+    def after_load(cls, model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """A saved table marked ``tied`` gets its LM head back."""
+        for module in list(model.modules()):
+            if isinstance(module, QuantizedEmbedding) and module.tied:
+                tie_quantized_head(model, module)
+
     def paqbench_macs(self) -> tuple[int, int]:
         """The logits matmul: ``vocab x dim`` MACs per token (the table is stored, and
         counted as parameters, once: by the embedding)."""
@@ -351,14 +391,3 @@ def tie_quantized_head(model: nn.Module, embedding: QuantizedEmbedding) -> TiedQ
     tied = TiedQuantizedHead(embedding)
     replace_module(model, name, tied)
     return tied
-
-
-def _retie_heads(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Load hook: a saved table marked ``tied`` gets its LM head back."""
-    for module in list(model.modules()):
-        if isinstance(module, QuantizedEmbedding) and module.tied:
-            tie_quantized_head(model, module)
-
-
-register_format("emeta", QuantizedEmbedding)
-register_load_hook(_retie_heads)

@@ -40,10 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paqbench.layers.index import check_feature_index
+from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS, ZERO_WEIGHTS, CompressedLayer
 from paqbench.layers.sparsity import MASK_BUFFER, get_mask, record_mask
 from paqbench.quant import kernels
-from paqbench.quant.linear import register_format
 from paqbench.quant.quantizer import keep_mask
 
 if TYPE_CHECKING:
@@ -54,7 +53,6 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)
 ACTIVATIONS = ("none", "per-token", "per-tensor")
 SCALED_MM = "scaled_mm-cuda"
-_BUFFERS = ("weight_fp8", "weight_scale", "fp8_meta")
 
 
 def to_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -89,10 +87,13 @@ def fake_quantize_activations(x: torch.Tensor, mode: str) -> torch.Tensor:
     return to_fp8(x, scale).float() * scale
 
 
-class FP8Linear(nn.Module):
+class FP8Linear(CompressedLayer):
     """A linear layer with E4M3 weights (one byte each) and optional E4M3 activations."""
 
-    paqbench_layer_kind = "quantized"
+    name = "fp8"
+    description = "E4M3 weights, one byte each, per-channel or per-tensor scales; optional dynamic E4M3 activations."
+    capabilities = frozenset({ZERO_WEIGHTS, SLICE_INPUTS, SLICE_OUTPUTS})
+    state_marker = "fp8_meta"
 
     def __init__(
         self, in_features: int, out_features: int, *, activations: str = "per-token", per_channel: bool = True,
@@ -141,16 +142,26 @@ class FP8Linear(nn.Module):
         return self.weight_fp8.float() * (scale[:, None] if scale.numel() > 1 else scale)
 
     def export_capability(self, target: str) -> Capability:
-        """Not exported: compressed-tensors' ``float-quantized`` format (what vLLM loads) is
-        not written by paqbench's exporter yet, and GGUF has no FP8 tensor type."""
-        from paqbench.export.capability import check_target, unavailable
+        """compressed-tensors ``float-quantized`` holds the E4M3 bytes and scales as they are,
+        with dynamic activations as its own input scheme (what vLLM loads): exact. GGUF has
+        no FP8 tensor type: the dequantized weight in F16, activations not rounded."""
+        from paqbench.export.capability import check_target, converted, exact
 
         check_target(target)
         if target == "gguf":
-            return unavailable("GGUF has no FP8 tensor type")
-        return unavailable("FP8 (compressed-tensors float-quantized) export is not implemented in paqbench")
+            return converted("F16", "GGUF has no FP8 tensor type: E4M3 weights dequantized, "
+                                    "activation quantization not exported")
+        return exact(f"float-quantized E4M3, {'per-channel' if self.per_channel else 'per-tensor'} scales, "
+                     f"activations {self.activations}")
 
     # ------------------------------------------------------------------ forward
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The exact CPU emulation: activations fake-quantized to E4M3 as configured."""
+        rows = x.reshape(-1, self.in_features)
+        out = F.linear(fake_quantize_activations(rows.float(), self.activations), self.dequantize())
+        out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return out if self.bias is None else out + self.bias.to(out.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
@@ -199,50 +210,34 @@ class FP8Linear(nn.Module):
     def zero_weights(self, keep: torch.Tensor) -> None:
         """Unstructured pruning: weights where ``keep`` is False become exactly 0.0; the
         mask is recorded, combined with any earlier one."""
-        if tuple(keep.shape) != (self.out_features, self.in_features):
-            raise ValueError(
-                f"mask shape {tuple(keep.shape)} does not match weight {(self.out_features, self.in_features)}"
-            )
-        keep = keep.to(device=self.weight_fp8.device, dtype=torch.bool)
-        previous = get_mask(self)
-        if previous is not None:
-            keep = keep & previous
+        keep = self._combined_keep(keep)
         self.weight_fp8 = torch.where(keep, self.weight_fp8.float(), 0.0).to(FP8)
         record_mask(self, keep)
 
     @torch.no_grad()
     def select_input_features(self, index: torch.Tensor) -> None:
         """Keep the input columns ``index`` (in that order); scales are unchanged."""
-        index = check_feature_index(index, self.in_features, "input", self.weight_fp8.device)
+        index = self._check_index(index, "input")
         self.weight_fp8 = self.weight_fp8.index_select(1, index).contiguous()
         self.in_features = int(index.numel())
-        mask = get_mask(self)
-        if mask is not None:
-            record_mask(self, mask.index_select(1, index))
+        self._slice_mask(index, "input")
         self._write_meta()
 
     @torch.no_grad()
     def select_output_features(self, index: torch.Tensor) -> None:
         """Keep the output rows ``index`` (in that order) with their scales and bias."""
-        index = check_feature_index(index, self.out_features, "output", self.weight_fp8.device)
+        index = self._check_index(index, "output")
         per_channel = self.per_channel
         self.weight_fp8 = self.weight_fp8.index_select(0, index).contiguous()
         if per_channel:
             self.weight_scale = self.weight_scale.index_select(0, index).contiguous()
-        if self.bias is not None:
-            self.bias = nn.Parameter(self.bias.detach().index_select(0, index), requires_grad=self.bias.requires_grad)
+        self._slice_bias(index)
         self.out_features = int(index.numel())
-        mask = get_mask(self)
-        if mask is not None:
-            record_mask(self, mask.index_select(0, index))
+        self._slice_mask(index, "output")
         self._write_meta()
 
 
     # ------------------------------------------------------------------ accounting
-
-    def paqbench_numel(self) -> int:
-        """Logical parameters: the weights this layer stands for, plus the bias."""
-        return self.out_features * self.in_features + (self.bias.numel() if self.bias is not None else 0)
 
     @torch.no_grad()
     def paqbench_nonzero(self) -> int:
@@ -251,13 +246,6 @@ class FP8Linear(nn.Module):
         if self.bias is not None:
             nonzero += int(torch.count_nonzero(self.bias))
         return nonzero
-
-    def paqbench_storage_bits(self) -> int:
-        """Bits stored: one byte per weight, float32 scales, the metadata row and the bias."""
-        tensors = [getattr(self, name) for name in _BUFFERS]
-        if self.bias is not None:
-            tensors.append(self.bias)
-        return sum(t.numel() * t.element_size() * 8 for t in tensors)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -289,5 +277,3 @@ class FP8Linear(nn.Module):
         in_features, out_features, mode = (int(v) for v in self.fp8_meta.tolist())
         self.in_features, self.out_features, self.activations = in_features, out_features, ACTIVATIONS[mode]
 
-
-register_format("fp8_meta", FP8Linear)

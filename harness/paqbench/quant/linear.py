@@ -34,7 +34,7 @@ checkpoint), then :func:`load_quantized` (``replace_with_quantized`` + ``load_st
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paqbench.layers.index import check_feature_index
+from paqbench.layers.contract import (
+    EXACT_GRID,
+    SLICE_INPUTS,
+    SLICE_OUTPUTS,
+    ZERO_WEIGHTS,
+    CompressedLayer,
+    registered_formats,
+)
 from paqbench.layers.sparsity import MASK_BUFFER, get_mask, record_mask
 from paqbench.quant import kernels
 from paqbench.quant.packing import pack, packed_length, unpack
@@ -58,13 +65,13 @@ from paqbench.quant.quantizer import (
 if TYPE_CHECKING:
     from paqbench.export.capability import Capability
 
-_BUFFERS = ("qweight", "qzeros", "scales", "g_idx", "qmeta")
-
-
-class QuantizedLinear(nn.Module):
+class QuantizedLinear(CompressedLayer):
     """A linear layer whose weight is stored as packed low-bit codes."""
 
-    paqbench_layer_kind = "quantized"
+    name = "quantized-linear"
+    description = "Integer grid: uint8-packed 2-8 bit codes, fp16 scales and zero points per row and group."
+    capabilities = frozenset({ZERO_WEIGHTS, SLICE_INPUTS, SLICE_OUTPUTS, EXACT_GRID})
+    state_marker = "qmeta"
 
     def __init__(
         self,
@@ -197,10 +204,13 @@ class QuantizedLinear(nn.Module):
         return out
 
     @torch.no_grad()
-    def _select_kernel(self, device: torch.device, dtype: torch.dtype) -> None:
+    def select_kernel(self, device: torch.device | str, dtype: torch.dtype) -> None:
+        """Choose the fast path (or the reference) for activations of ``dtype`` on ``device``."""
         self._kernel = kernels.select_kernel(self, torch.device(device), dtype)
         self._kernel_key = (device, dtype)
         self.kernel = self._kernel.name if self._kernel is not None else kernels.REFERENCE
+
+    _select_kernel = select_kernel
 
     def _invalidate(self) -> None:
         """Forget the fast path after the codes changed; the next forward chooses again."""
@@ -223,14 +233,7 @@ class QuantizedLinear(nn.Module):
         """Unstructured pruning of a quantized layer: where ``keep`` is False, set the code
         to its group's zero point, so the weight dequantizes to exactly 0.0. The mask is
         recorded (combined with any earlier one) as ``paqbench_mask``."""
-        if tuple(keep.shape) != (self.out_features, self.in_features):
-            raise ValueError(
-                f"mask shape {tuple(keep.shape)} does not match weight {(self.out_features, self.in_features)}"
-            )
-        keep = keep.to(device=self.qweight.device, dtype=torch.bool)
-        previous = get_mask(self)
-        if previous is not None:
-            keep = keep & previous
+        keep = self._combined_keep(keep)
         codes = self.unpack_codes()
         zero = self.unpack_zeros().index_select(1, self.g_idx.long())
         self.qweight = pack(torch.where(keep, codes, zero), self.bits)
@@ -242,7 +245,7 @@ class QuantizedLinear(nn.Module):
         """Structured pruning of input columns: keep the columns ``index`` (in that order).
         Codes are unpacked, sliced and repacked; ``g_idx`` is sliced with them, and groups
         no column uses any more are dropped (their scales and zeros too)."""
-        index = check_feature_index(index, self.in_features, "input", self.qweight.device)
+        index = self._check_index(index, "input")
         codes = self.unpack_codes().index_select(1, index)
         used, g_idx = torch.unique(self.g_idx.index_select(0, index).long(), return_inverse=True)
         zeros = self.unpack_zeros().index_select(1, used)
@@ -251,34 +254,24 @@ class QuantizedLinear(nn.Module):
         self.g_idx = g_idx.to(torch.int32).contiguous()
         self.in_features = int(index.numel())
         self.qweight = pack(codes, self.bits)
-        mask = get_mask(self)
-        if mask is not None:
-            record_mask(self, mask.index_select(1, index))
+        self._slice_mask(index, "input")
         self._invalidate()
 
     @torch.no_grad()
     def select_output_features(self, index: torch.Tensor) -> None:
         """Structured pruning of output rows: keep the rows ``index`` (in that order), with
         their scales, zeros and bias. Rows are packed independently: no repacking."""
-        index = check_feature_index(index, self.out_features, "output", self.qweight.device)
+        index = self._check_index(index, "output")
         self.qweight = self.qweight.index_select(0, index).contiguous()
         self.qzeros = self.qzeros.index_select(0, index).contiguous()
         self.scales = self.scales.index_select(0, index).contiguous()
-        if self.bias is not None:
-            self.bias = nn.Parameter(self.bias.detach().index_select(0, index), requires_grad=self.bias.requires_grad)
+        self._slice_bias(index)
         self.out_features = int(index.numel())
-        mask = get_mask(self)
-        if mask is not None:
-            record_mask(self, mask.index_select(0, index))
+        self._slice_mask(index, "output")
         self._invalidate()
 
 
     # ------------------------------------------------------------------ accounting
-
-    def paqbench_numel(self) -> int:
-        """Logical parameters: the weights this layer stands for, plus the bias."""
-        bias = self.bias.numel() if self.bias is not None else 0
-        return self.out_features * self.in_features + bias
 
     @torch.no_grad()
     def paqbench_nonzero(self) -> int:
@@ -288,14 +281,6 @@ class QuantizedLinear(nn.Module):
         if self.bias is not None:
             nonzero += int(torch.count_nonzero(self.bias))
         return nonzero
-
-    def paqbench_storage_bits(self) -> int:
-        """Bits actually stored: packed codes, packed zeros, scales, group index, the
-        metadata row and the bias."""
-        tensors = [getattr(self, name) for name in _BUFFERS]
-        if self.bias is not None:
-            tensors.append(self.bias)
-        return sum(t.numel() * t.element_size() * 8 for t in tensors)
 
     def extra_repr(self) -> str:
         return (
@@ -345,41 +330,30 @@ def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-#: Saved-layout markers: a state-dict key ending in ``.<marker>`` holds a layer of that
-#: class. Every quantized layer format registers itself here (:func:`register_format`)
-#: with a classmethod ``empty_from_state(state_dict, name, device)`` that builds an empty
-#: layer of the saved layout, which ``load_state_dict`` then fills.
-_FORMATS: dict[str, type[nn.Module]] = {}
-
-
-def register_format(marker: str, layer_class: type[nn.Module]) -> None:
-    """Make :func:`load_quantized` rebuild ``layer_class`` wherever a checkpoint holds a
-    ``<name>.<marker>`` tensor."""
-    if not hasattr(layer_class, "empty_from_state"):
-        raise TypeError(f"{layer_class.__name__} needs a classmethod empty_from_state(state_dict, name, device)")
-    _FORMATS[marker] = layer_class
-
-
-#: Called by :func:`load_quantized` as ``hook(model, state_dict)`` after the quantized layers
-#: are rebuilt and before the tensors load: formats that span modules reconnect them here
-#: (e.g. an LM head tied to a quantized embedding, :mod:`paqbench.quant.embedding`).
-_LOAD_HOOKS: list[Callable[[nn.Module, Mapping[str, torch.Tensor]], None]] = []
-
-
-def register_load_hook(hook: Callable[[nn.Module, Mapping[str, torch.Tensor]], None]) -> None:
-    """Make :func:`load_quantized` call ``hook(model, state_dict)`` after rebuilding layers."""
-    if hook not in _LOAD_HOOKS:
-        _LOAD_HOOKS.append(hook)
+def format_markers() -> dict[str, type[CompressedLayer]]:
+    """Checkpoint marker -> registered layer format (wrappers are rebuilt by
+    :func:`paqbench.layers.structured.rebuild_structured`, outer ones first)."""
+    markers: dict[str, type[CompressedLayer]] = {}
+    for name, cls in registered_formats().items():
+        if cls.state_marker is None or cls.container:
+            continue
+        if cls.state_marker in markers:
+            raise ValueError(f"layer formats {markers[cls.state_marker].name!r} and {name!r} declare the same "
+                             f"state_marker {cls.state_marker!r}: a checkpoint could not say which to rebuild")
+        markers[cls.state_marker] = cls
+    return markers
 
 
 def replace_with_quantized(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
-    """Swap in an empty quantized layer of the saved layout wherever ``state_dict`` holds
-    one (a ``<name>.<marker>`` key of a registered format, e.g. ``qmeta``); returns the
-    names. ``load_state_dict`` then fills them."""
+    """Swap in an empty layer of the saved layout wherever ``state_dict`` holds one (a
+    ``<name>.<state_marker>`` key of a registered layer format, e.g. ``qmeta``); returns
+    the names. ``load_state_dict`` then fills them. Formats come from the registry
+    (``paqbench_register_layer_formats``), so a third-party format loads like a built-in."""
+    markers = format_markers()
     replaced = []
     for key in list(state_dict):
         name, _, marker = key.rpartition(".")
-        layer_class = _FORMATS.get(marker)
+        layer_class = markers.get(marker)
         if layer_class is None or not name:
             continue
         try:
@@ -412,8 +386,8 @@ def load_quantized(
     rebuild_blocks(model, state_dict)  # blocks shrunk by structured pruning: their sizes first
     rebuild_structured(model, state_dict)  # structured-pruning wrappers first: they hold the layers
     replace_with_quantized(model, state_dict)
-    for hook in _LOAD_HOOKS:
-        hook(model, state_dict)
+    for layer_format in registered_formats().values():
+        layer_format.after_load(model, state_dict)
     result = model.load_state_dict(state_dict, strict=False)
     tensors = _named_tensors(model)
     loaded = {id(tensor) for name, tensor in tensors.items() if name in state_dict}
@@ -442,5 +416,3 @@ def _read_state_dict(directory: str | Path) -> dict[str, Any]:
         state_dict.update(load_file(str(file)))
     return state_dict
 
-
-register_format("qmeta", QuantizedLinear)

@@ -42,7 +42,6 @@ from torch import nn
 from paqbench.layers.index import check_feature_index
 from paqbench.layers.sparsity import get_mask
 from paqbench.quant.codebook import CodebookLinear, lloyd_1d, nearest_sorted, used_and_inverse
-from paqbench.quant.linear import register_format
 from paqbench.quant.packing import pack, packed_length, unpack
 from paqbench.quant.quantizer import QuantConfig, group_params, keep_mask
 
@@ -51,6 +50,10 @@ TABLE_DTYPE = torch.float16
 
 class LUTLinear(CodebookLinear):
     """A linear layer stored as codes into per-channel or per-group lookup tables."""
+
+    name = "lut"
+    description = "k-means lookup tables: codes index 2**bits fp16 values per channel or group."
+    state_marker = "lut_meta"
 
     STORED = ("qweight", "lut", "g_idx", "lut_meta")
     FORMAT_FLOATS = ("lut",)
@@ -292,5 +295,3 @@ def _zero_codes(lut: torch.Tensor) -> torch.Tensor:
         raise ValueError("a lookup table has no exact 0.0 entry, so its weights cannot be zeroed exactly")
     return is_zero.to(torch.uint8).argmax(dim=-1)
 
-
-register_format("lut_meta", LUTLinear)

@@ -64,7 +64,6 @@ from paqbench.layers.index import check_feature_index
 from paqbench.layers.sparsity import get_mask
 from paqbench.quant import kernels
 from paqbench.quant.codebook import CodebookLinear, used_and_inverse
-from paqbench.quant.linear import register_format
 from paqbench.quant.packing import pack, packed_length, unpack
 from paqbench.quant.quantizer import keep_mask
 
@@ -120,6 +119,10 @@ def tiles(out_features: int, n_blocks: int, dq_block: int) -> tuple[torch.Tensor
 
 class NF4Linear(CodebookLinear):
     """A linear layer stored as NF4 codes with blockwise (double-quantized) absmax."""
+
+    name = "nf4"
+    description = "NormalFloat4 codes times a blockwise (optionally double-quantized) absmax."
+    state_marker = "nf4_meta"
 
     FORMAT_FLOATS = ("absmax2", "absmax_offset", "absmax")
 
@@ -399,5 +402,3 @@ def _prepare_bitsandbytes(layer: NF4Linear, device: torch.device, dtype: torch.d
     except Exception:  # any failure of the optional path falls back to the reference
         return None
 
-
-register_format("nf4_meta", NF4Linear)

@@ -49,7 +49,6 @@ from torch import nn
 from paqbench.layers.index import check_feature_index
 from paqbench.layers.sparsity import get_mask
 from paqbench.quant.codebook import CodebookLinear, assign, kmeans, used_and_inverse
-from paqbench.quant.linear import register_format
 from paqbench.quant.packing import pack, packed_length, unpack
 
 TABLE_DTYPE = torch.float16
@@ -57,6 +56,10 @@ TABLE_DTYPE = torch.float16
 
 class VQLinear(CodebookLinear):
     """A linear layer stored as indices into codebooks of weight vectors."""
+
+    name = "vq"
+    description = "Vector quantization: codes index a table of fp16 vectors of consecutive input weights."
+    state_marker = "vq_meta"
 
     STORED = ("qweight", "codebooks", "r_idx", "col_index", "qmask", "vq_meta")
     FORMAT_FLOATS = ("codebooks",)
@@ -277,5 +280,3 @@ class VQLinear(CodebookLinear):
         self.bits, self.dim, self.rows_per_codebook = bits, dim, rows
         self.in_features, self.out_features, self.n_vectors = in_features, out_features, n_vectors
 
-
-register_format("vq_meta", VQLinear)

@@ -45,12 +45,12 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from paqbench.layers.index import check_feature_index
+from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS, ZERO_WEIGHTS, CompressedLayer
 from paqbench.layers.sparsity import MASK_BUFFER, get_mask, record_mask
 from paqbench.quant import kernels
-from paqbench.quant.linear import register_format
 from paqbench.quant.quantizer import keep_mask
 
 if TYPE_CHECKING:
@@ -59,7 +59,6 @@ if TYPE_CHECKING:
 QMAX = 127
 #: Input columns per exact float32 chunk: 1024 * 127 * 127 < 2**24.
 EXACT_CHUNK = 1024
-_BUFFERS = ("weight_int8", "weight_scale", "w8a8_meta")
 
 Accumulate = Callable[[torch.Tensor], torch.Tensor]  # int8 [m, in] -> float32/float64 [m, out] holding integers
 
@@ -90,10 +89,13 @@ def exact_accumulate(xq: torch.Tensor, weight_int8: torch.Tensor) -> torch.Tenso
     return xq.cpu().long() @ weight_int8.cpu().long().T
 
 
-class Int8DynamicLinear(nn.Module):
+class Int8DynamicLinear(CompressedLayer):
     """A linear layer with int8 weights that quantizes its input per token to int8."""
 
-    paqbench_layer_kind = "quantized"
+    name = "int8-dynamic"
+    description = "int8 weights with per-row float32 scales; activations quantized to int8 per token at run time."
+    capabilities = frozenset({ZERO_WEIGHTS, SLICE_INPUTS, SLICE_OUTPUTS})
+    state_marker = "w8a8_meta"
 
     def __init__(
         self, in_features: int, out_features: int, *, bias: bool = False,
@@ -148,6 +150,15 @@ class Int8DynamicLinear(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same computation in float: per-token int8 activations (dequantized) times
+        the dequantized weight."""
+        rows = x.reshape(-1, self.in_features).float()
+        xq, x_scale = quantize_tokens(rows)
+        out = F.linear(xq.float() * x_scale, self.dequantize().to(rows.device))
+        out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return out if self.bias is None else out + self.bias.to(out.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._kernel_key != (x.device, x.dtype):
             self.select_kernel(x.device, x.dtype)
@@ -186,14 +197,7 @@ class Int8DynamicLinear(nn.Module):
     def zero_weights(self, keep: torch.Tensor) -> None:
         """Unstructured pruning: codes where ``keep`` is False become 0 (exactly 0.0); the
         mask is recorded, combined with any earlier one."""
-        if tuple(keep.shape) != (self.out_features, self.in_features):
-            raise ValueError(
-                f"mask shape {tuple(keep.shape)} does not match weight {(self.out_features, self.in_features)}"
-            )
-        keep = keep.to(device=self.weight_int8.device, dtype=torch.bool)
-        previous = get_mask(self)
-        if previous is not None:
-            keep = keep & previous
+        keep = self._combined_keep(keep)
         self.weight_int8 = torch.where(keep, self.weight_int8, torch.zeros_like(self.weight_int8))
         record_mask(self, keep)
         self._invalidate()
@@ -201,34 +205,25 @@ class Int8DynamicLinear(nn.Module):
     @torch.no_grad()
     def select_input_features(self, index: torch.Tensor) -> None:
         """Keep the input columns ``index`` (in that order); row scales are unchanged."""
-        index = check_feature_index(index, self.in_features, "input", self.weight_int8.device)
+        index = self._check_index(index, "input")
         self.weight_int8 = self.weight_int8.index_select(1, index).contiguous()
         self.in_features = int(index.numel())
-        mask = get_mask(self)
-        if mask is not None:
-            record_mask(self, mask.index_select(1, index))
+        self._slice_mask(index, "input")
         self._invalidate()
 
     @torch.no_grad()
     def select_output_features(self, index: torch.Tensor) -> None:
         """Keep the output rows ``index`` (in that order) with their scales and bias."""
-        index = check_feature_index(index, self.out_features, "output", self.weight_int8.device)
+        index = self._check_index(index, "output")
         self.weight_int8 = self.weight_int8.index_select(0, index).contiguous()
         self.weight_scale = self.weight_scale.index_select(0, index).contiguous()
-        if self.bias is not None:
-            self.bias = nn.Parameter(self.bias.detach().index_select(0, index), requires_grad=self.bias.requires_grad)
+        self._slice_bias(index)
         self.out_features = int(index.numel())
-        mask = get_mask(self)
-        if mask is not None:
-            record_mask(self, mask.index_select(0, index))
+        self._slice_mask(index, "output")
         self._invalidate()
 
 
     # ------------------------------------------------------------------ accounting
-
-    def paqbench_numel(self) -> int:
-        """Logical parameters: the weights this layer stands for, plus the bias."""
-        return self.out_features * self.in_features + (self.bias.numel() if self.bias is not None else 0)
 
     @torch.no_grad()
     def paqbench_nonzero(self) -> int:
@@ -237,13 +232,6 @@ class Int8DynamicLinear(nn.Module):
         if self.bias is not None:
             nonzero += int(torch.count_nonzero(self.bias))
         return nonzero
-
-    def paqbench_storage_bits(self) -> int:
-        """Bits stored: int8 codes, float32 row scales, the metadata row and the bias."""
-        tensors = [getattr(self, name) for name in _BUFFERS]
-        if self.bias is not None:
-            tensors.append(self.bias)
-        return sum(t.numel() * t.element_size() * 8 for t in tensors)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -401,5 +389,3 @@ def select_accumulate(weight_int8: torch.Tensor, device: torch.device) -> tuple[
             return name, run
     return kernels.REFERENCE, reference_accumulate(weight_int8)
 
-
-register_format("w8a8_meta", Int8DynamicLinear)

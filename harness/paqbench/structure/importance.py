@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from paqbench.layers.structured import logical_weight
+from paqbench.layers.contract import dequantized_weight
 from paqbench.structure.blocks import BlockParts
 
 Importance = Literal["l1", "l2", "taylor"]
@@ -51,7 +51,7 @@ def mlp_channel_scores(
     total = None
     for proj, axis in (("gate_proj", 1), ("up_proj", 1), ("down_proj", 0)):
         name = f"{prefix}.{proj}"
-        weight = logical_weight(getattr(parts.mlp, proj), name)
+        weight = dequantized_weight(getattr(parts.mlp, proj), name)
         scores = element_scores(weight, importance, (grads or {}).get(name)).sum(axis)
         total = scores if total is None else total + scores
     return _finish(total, importance)
@@ -67,7 +67,7 @@ def attention_group_scores(
     total = torch.zeros(groups)
     for proj, axis in (("q_proj", 1), ("k_proj", 1), ("v_proj", 1), ("o_proj", 0)):
         name = f"{prefix}.{proj}"
-        weight = logical_weight(getattr(parts.attn, proj), name)
+        weight = dequantized_weight(getattr(parts.attn, proj), name)
         per_channel = element_scores(weight, importance, (grads or {}).get(name)).sum(axis)
         # q rows / o columns: rep * head_dim per group; k/v rows: head_dim per group (all
         # contiguous per group, in group order)

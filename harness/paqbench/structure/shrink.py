@@ -14,8 +14,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from paqbench.layers import get_mask, layer_kind, set_mask
-from paqbench.layers.structured import logical_weight
+from paqbench.layers.contract import as_layer
 from paqbench.structure.blocks import BlockParts
 
 Dim = Literal["input", "output"]
@@ -35,46 +34,14 @@ def group_query_heads(groups: torch.Tensor, rep: int) -> torch.Tensor:
     return (groups[:, None] * rep + offsets[None, :]).reshape(-1)
 
 
-@torch.no_grad()
 def slice_linear(
     module: nn.Module, index: torch.Tensor, dim: Dim, name: str = "", step: str | None = None
 ) -> nn.Module:
-    """``module`` keeping only the input columns or output rows ``index``.
-
-    Returns a new ``nn.Linear`` for a dense or masked layer, the same (edited) module for
-    a quantized one; anything else raises, naming the layer (via ``logical_weight``)."""
-    kind = layer_kind(module)
-    index = index.to(torch.int64)
-    if kind == "quantized":
-        logical_weight(module, name, step)  # raises for a quantized layer that cannot be edited
-        index = index.to(module.qweight.device if hasattr(module, "qweight") else index.device)
-        if dim == "input":
-            module.select_input_features(index)
-        else:
-            module.select_output_features(index)
-        return module
-    if kind not in ("dense", "pruned"):
-        logical_weight(module, name, step)  # raises with the layer's name and kind
-    weight = module.weight
-    index = index.to(weight.device)
-    axis = 1 if dim == "input" else 0
-    new_weight = weight.index_select(axis, index)
-    bias = module.bias
-    if bias is not None and dim == "output":
-        bias = bias.index_select(0, index)
-    small = nn.utils.skip_init(
-        nn.Linear, new_weight.shape[1], new_weight.shape[0], bias=bias is not None,
-        device=weight.device, dtype=weight.dtype,
-    )
-    small.weight.copy_(new_weight)
-    small.weight.requires_grad_(weight.requires_grad)
-    if bias is not None:
-        small.bias.copy_(bias)
-        small.bias.requires_grad_(module.bias.requires_grad)
-    mask = get_mask(module)
-    if mask is not None:
-        set_mask(small, mask.index_select(axis, index))
-    return small
+    """``module`` keeping only the input columns or output rows ``index``: a new, smaller
+    ``nn.Linear`` for a float layer, the same (edited) module for a format
+    (:meth:`paqbench.layers.contract.CompressedLayer.sliced`); a layer outside the contract
+    raises, naming the layer and the step."""
+    return as_layer(module, name, step).sliced(index.to(torch.int64), dim)
 
 
 def shrink_mlp(parts: BlockParts, keep: torch.Tensor, step: str | None = None) -> None:

@@ -16,15 +16,9 @@ import torch
 from pydantic import Field
 
 from paqbench import Method, Params, hookimpl
-from paqbench.layers import check_supported, layer_kind, select_targets
-from paqbench.layers.structured import (
-    install,
-    is_quantized_editable,
-    kept_count,
-    logical_weight,
-    prune_channels,
-    select_channels,
-)
+from paqbench.layers import check_supported, dequantized_weight, require, select_targets
+from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS
+from paqbench.layers.structured import install, kept_count, prune_channels, select_channels
 from paqbench.measure.counting import count_parameters
 
 
@@ -76,9 +70,9 @@ class L1Structured(Method):
     def apply(self, model, params: L1StructuredParams, ctx) -> dict[str, Any]:
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)
-        for name, module in targets.items():  # fail before changing anything
-            if layer_kind(module) == "quantized" and not is_quantized_editable(module):
-                logical_weight(module, name, ctx.current_step)  # raises, naming the layer
+        needs = SLICE_INPUTS if params.dim == "input" else SLICE_OUTPUTS
+        require(targets, needs, self.name, ctx.current_step)  # fail before changing anything
+        for name, module in targets.items():
             width = getattr(module, "in_features" if params.dim == "input" else "out_features", None)
             if width is not None and kept_count(width, params.ratio, params.multiple_of) == 0:
                 raise ValueError(
@@ -93,7 +87,7 @@ class L1Structured(Method):
         kept: dict[tuple[str, int, int], int] = defaultdict(int)
         steps = ctx.progress(targets.items(), "l1-structured pruning", total=len(targets))
         for name, module in steps:
-            weight = logical_weight(module, name, ctx.current_step)
+            weight = dequantized_weight(module, name, ctx.current_step)
             out_features, in_features = weight.shape
             channels = in_features if params.dim == "input" else out_features
             keep = kept_count(channels, params.ratio, params.multiple_of)

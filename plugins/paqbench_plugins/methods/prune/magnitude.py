@@ -14,7 +14,8 @@ import torch
 from pydantic import Field, model_validator
 
 from paqbench import Method, hookimpl
-from paqbench.layers import check_supported, get_mask, select_targets
+from paqbench.layers import check_supported, get_mask, require, select_targets
+from paqbench.layers.contract import ZERO_WEIGHTS
 from paqbench.prune.masks import (
     apply_keep_mask,
     current_weight,
@@ -59,6 +60,7 @@ class Magnitude(Method):
     def apply(self, model, params: MagnitudeParams, ctx):
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)
+        require(targets, ZERO_WEIGHTS, self.name, ctx.current_step)
         pattern = params.nm
         if pattern is not None:  # fail before changing anything
             for name, module in targets.items():

@@ -12,7 +12,8 @@ import torch
 from pydantic import Field
 
 from paqbench import Method, Params, hookimpl
-from paqbench.layers import check_supported, get_mask, select_targets
+from paqbench.layers import check_supported, get_mask, require, select_targets
+from paqbench.layers.contract import ZERO_WEIGHTS
 from paqbench.prune.masks import apply_keep_mask, keep_lowest_dropped, pruning_facts
 
 
@@ -41,6 +42,7 @@ class RandomPruning(Method):
     def apply(self, model, params: RandomParams, ctx):
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)
+        require(targets, ZERO_WEIGHTS, self.name, ctx.current_step)
         seed = params.seed if params.seed is not None else int(getattr(ctx, "seed", 0) or 0)
         generator = torch.Generator().manual_seed(seed)  # on the CPU: the same draw on every device
         for name, module in ctx.progress(targets.items(), "random pruning", total=len(targets)):

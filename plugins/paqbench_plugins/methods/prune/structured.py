@@ -18,8 +18,9 @@ import torch
 from pydantic import Field, model_validator
 
 from paqbench import Method, Params, hookimpl
-from paqbench.layers import check_supported, layer_kind
-from paqbench.layers.structured import is_quantized_editable, kept_count, logical_weight
+from paqbench.layers import check_supported, require
+from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS
+from paqbench.layers.structured import kept_count
 from paqbench.measure.counting import count_parameters
 from paqbench.structure.blocks import BlockParts, block_parts
 from paqbench.structure.config import record_structure
@@ -151,9 +152,8 @@ class Structured(Method):
         for parts in selected:
             targets.update(parts.projections(kinds))
         check_supported(targets, self.accepts, self.name, ctx.current_step)
-        for name, module in targets.items():  # fail before changing anything
-            if layer_kind(module) == "quantized" and not is_quantized_editable(module):
-                logical_weight(module, name, ctx.current_step)
+        for needs in (SLICE_OUTPUTS, SLICE_INPUTS):  # fail before changing anything
+            require(targets, needs, self.name, ctx.current_step)
 
         grads = None
         if params.importance == "taylor":
