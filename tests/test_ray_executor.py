@@ -171,13 +171,14 @@ def test_killed_raising_and_timed_out_runs_are_recorded_and_the_rest_finish(tmp_
     assert {r.name: r.status for r in recorded.values()} == {n: r.status for n, r in by_name.items()}
 
 
-def test_driver_killed_then_rerun_redoes_no_finished_run(tmp_path, cluster):
-    suite = write_suite(tmp_path, KILL_SUITE.replace("ADDRESS", cluster))
-    out = tmp_path / "out"
+def _driver_after_first_result(suite: Path, out: Path) -> subprocess.Popen:
+    """``paqbench run`` in a session of its own, returned once its first result is recorded."""
     driver = subprocess.Popen(
         [sys.executable, "-m", "paqbench.cli", "run", str(suite), "-o", str(out)], cwd=ROOT,
         env={**os.environ, "PAQBENCH_PROGRESS": "0"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True, start_new_session=True,
+        # a background job inherits SIGINT as ignored; a user's terminal does not
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     results = out / "results.jsonl"
     deadline = time.time() + 300
@@ -188,6 +189,25 @@ def test_driver_killed_then_rerun_redoes_no_finished_run(tmp_path, cluster):
             os.killpg(driver.pid, signal.SIGKILL)
             pytest.fail("no result within 300 s")
         time.sleep(0.1)
+    return driver
+
+
+def test_ctrl_c_cancels_what_is_left_and_keeps_finished_runs(tmp_path, cluster):
+    suite = write_suite(tmp_path, KILL_SUITE.replace("ADDRESS", cluster))
+    out = tmp_path / "out"
+    driver = _driver_after_first_result(suite, out)
+    os.killpg(driver.pid, signal.SIGINT)
+    _, stderr = driver.communicate(timeout=120)
+    assert driver.returncode == 130, stderr
+    assert "Interrupted: finished runs are kept" in stderr and "Traceback" not in stderr, stderr
+    kept = ResultStore(out).completed_ids()
+    assert 1 <= len(kept) < 3 and (out / "report.md").exists()
+
+
+def test_driver_killed_then_rerun_redoes_no_finished_run(tmp_path, cluster):
+    suite = write_suite(tmp_path, KILL_SUITE.replace("ADDRESS", cluster))
+    out = tmp_path / "out"
+    driver = _driver_after_first_result(suite, out)
     os.killpg(driver.pid, signal.SIGKILL)  # kill -9 of the driver
     driver.wait()
     finished = ResultStore(out).completed_ids()
