@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,21 +13,32 @@ from paqbench.suite.errors import Problem, SuiteError
 from paqbench.suite.schema import Suite
 from paqbench.suite.yaml_lines import LineMap, load_with_lines
 
+#: The top-level key that pulls blocks from other files (like lm-eval's task YAML).
+INCLUDE_KEY = "include"
+
 
 @dataclass
 class LoadedSuite:
-    """A schema-valid suite plus what error messages need to point into its file."""
+    """A schema-valid suite plus what error messages need to point into its file.
+
+    ``origins`` names the file each top-level key was read from when it came through
+    ``include:``; every other key is in ``path``."""
 
     suite: Suite
     path: Path | None
     raw: dict[str, Any]
     lines: LineMap
+    origins: dict[str, Path] = field(default_factory=dict)
 
     def line_of(self, path: tuple[str | int, ...]) -> int | None:
         return line_of(self.lines, path)
 
+    def file_of(self, path: tuple[str | int, ...]) -> Path | None:
+        """The file the field at ``path`` is written in."""
+        return file_of(self.origins, self.path, path)
+
     def problem(self, path: tuple[str | int, ...], message: str) -> Problem:
-        return Problem(self.path, self.line_of(path), path, message)
+        return Problem(self.file_of(path), self.line_of(path), path, message)
 
 
 def line_of(lines: LineMap, path: tuple[str | int, ...]) -> int | None:
@@ -38,19 +49,42 @@ def line_of(lines: LineMap, path: tuple[str | int, ...]) -> int | None:
     return None
 
 
+def file_of(origins: dict[str, Path], main: Path | None, path: tuple[str | int, ...]) -> Path | None:
+    """The file a field is written in: an included one for a key that came from it."""
+    return origins.get(path[0], main) if path and isinstance(path[0], str) else main
+
+
 def load_suite(path: str | Path) -> LoadedSuite:
     """Load and schema-check a suite file; raise :class:`SuiteError` on any problem."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SuiteError([Problem(path, None, (), "file not found")]) from None
-    except OSError as exc:
-        raise SuiteError([Problem(path, None, (), f"cannot read file: {exc.strerror}")]) from None
-    return parse_suite(text, path)
+    return parse_suite(_read(path, None, (), None), path)
 
 
 def parse_suite(text: str, path: Path | None = None) -> LoadedSuite:
+    raw, lines = _parse_mapping(text, path, "expected a mapping with name, model and pipelines")
+    raw, lines, origins = _resolve_includes(raw, lines, path, (path,) if path else ())
+    try:
+        suite = Suite.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        problems = [_problem_from_pydantic(err, raw, lines, file_of(origins, path, _loc(err))) for err in exc.errors()]
+        raise SuiteError(problems) from None
+    return LoadedSuite(suite=suite, path=path, raw=raw, lines=lines, origins=origins)
+
+
+def _read(path: Path, including: Path | None, where: tuple[str | int, ...], line: int | None) -> str:
+    """The file's text; a missing or unreadable one is one problem, at the ``include`` that named it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        reason = "file not found"
+    except OSError as exc:
+        reason = f"cannot read file: {exc.strerror}"
+    if including is None:
+        raise SuiteError([Problem(path, None, (), reason)]) from None
+    raise SuiteError([Problem(including, line, where, f"{reason}: {path}")]) from None
+
+
+def _parse_mapping(text: str, path: Path | None, expected: str) -> tuple[dict[str, Any], LineMap]:
     try:
         raw, lines = load_with_lines(text)
     except yaml.YAMLError as exc:
@@ -62,20 +96,66 @@ def parse_suite(text: str, path: Path | None = None) -> LoadedSuite:
         raise SuiteError([Problem(path, line, (), message)]) from None
     if not isinstance(raw, dict):
         found = "an empty file" if raw is None else f"a {type(raw).__name__}"
-        raise SuiteError(
-            [Problem(path, 1, (), f"expected a mapping with name, model and pipelines; found {found}")]
-        )
-    try:
-        suite = Suite.model_validate(raw)
-    except pydantic.ValidationError as exc:
-        raise SuiteError([_problem_from_pydantic(err, raw, lines, path) for err in exc.errors()]) from None
-    return LoadedSuite(suite=suite, path=path, raw=raw, lines=lines)
+        raise SuiteError([Problem(path, 1, (), f"{expected}; found {found}")])
+    return raw, lines
+
+
+def _include_names(raw: dict[str, Any], lines: LineMap, path: Path | None) -> list[str]:
+    value = raw.pop(INCLUDE_KEY)
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise SuiteError([Problem(path, line_of(lines, (INCLUDE_KEY,)), (INCLUDE_KEY,),
+                                  f"expected a file name or a list of file names; found {_show(value)}")])
+    return names
+
+
+def _resolve_includes(
+    raw: dict[str, Any], lines: LineMap, path: Path | None, chain: tuple[Path, ...]
+) -> tuple[dict[str, Any], LineMap, dict[str, Path]]:
+    """Merge the files named by ``include:`` under this one's keys, like lm-eval's task YAML.
+
+    Each included file (a path relative to the including one) is a mapping of top-level
+    suite keys, read with its own includes first. Later includes override earlier ones and
+    the including file overrides them all, key by key at the top level (no deep merge: a
+    key is written in exactly one file, so every error names that file and line)."""
+    if INCLUDE_KEY not in raw:
+        return raw, lines, {}
+    single = isinstance(raw.get(INCLUDE_KEY), str)
+    merged: dict[str, Any] = {}
+    merged_lines: LineMap = {}
+    origins: dict[str, Path] = {}
+    base = path.parent if path is not None else Path.cwd()
+    for index, name in enumerate(_include_names(raw, lines, path)):
+        target = (base / name).resolve()
+        where: tuple[str | int, ...] = (INCLUDE_KEY,) if single else (INCLUDE_KEY, index)
+        line = line_of(lines, where)
+        if target in {p.resolve() for p in chain}:
+            cycle = " -> ".join(str(p) for p in (*chain, target))
+            raise SuiteError([Problem(path, line, where, f"include cycle: {cycle}")])
+        text = _read(target, path, where, line)
+        part, part_lines = _parse_mapping(text, target, "an included file must be a mapping of suite keys")
+        part, part_lines, part_origins = _resolve_includes(part, part_lines, target, (*chain, target))
+        for key, value in part.items():
+            merged[key] = value
+            origins[key] = part_origins.get(key, target)
+            merged_lines = {p: n for p, n in merged_lines.items() if p[:1] != (key,)}
+            merged_lines.update({p: n for p, n in part_lines.items() if p[:1] == (key,)})
+    for key, value in raw.items():
+        merged[key] = value
+        origins.pop(key, None)
+        merged_lines = {p: n for p, n in merged_lines.items() if p[:1] != (key,)}
+    merged_lines.update({p: n for p, n in lines.items() if p[:1] != (INCLUDE_KEY,)})
+    return merged, merged_lines, origins
+
+
+def _loc(err: Any) -> tuple[Any, ...]:
+    return tuple(part for part in err["loc"] if not _is_internal(part))
 
 
 def _problem_from_pydantic(
     err: Any, raw: Any, lines: LineMap, path: Path | None
 ) -> Problem:
-    loc = tuple(part for part in err["loc"] if not _is_internal(part))
+    loc = _loc(err)
     found = _lookup(raw, loc)
     kind = err["type"]
     if kind == "missing":
