@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from pydantic import Field, model_validator
 
-from paqbench import Metric, Params, Unavailable, hookimpl
+from paqbench import Measurement, Metric, Params, RunContext, Unavailable, hookimpl
 from paqbench.engines import Backend, EngineUnavailable, open_engine
 from paqbench.measure import nvml
 from paqbench.measure.timing import (
@@ -171,7 +171,7 @@ class Energy(Metric):
     def __init__(self, now: Now = time.perf_counter) -> None:
         self.now = now  # the host clock of the window; tests inject a fake one
 
-    def measure(self, model, params: EnergyParams, ctx):
+    def measure(self, model: torch.nn.Module, params: EnergyParams, ctx: RunContext) -> Iterator[Measurement]:
         device = ENGINE_DEVICE[params.backend] if params.backend != "torch" else input_device(model)
         counter = energy_counter(device)
         if isinstance(counter, str):

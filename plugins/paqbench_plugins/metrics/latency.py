@@ -10,12 +10,13 @@ module turns its timings into measurements and adds the engine backends.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 
-from paqbench import Metric, Params, hookimpl
+from paqbench import Measurement, Metric, Params, RunContext, hookimpl
 from paqbench.engines import Backend, EngineTiming, EngineUnavailable, open_engine
 from paqbench.layers import kernels_in_use
 from paqbench.measure.stats import summarize
@@ -155,7 +156,7 @@ class Latency(Metric):
     def __init__(self, now: Now = time.perf_counter) -> None:
         self.now = now  # the host clock; tests inject a fake one
 
-    def measure(self, model, params: LatencyParams, ctx):
+    def measure(self, model: torch.nn.Module, params: LatencyParams, ctx: RunContext) -> Iterator[Measurement]:
         if params.backend != "torch":
             yield from self._engine(model, params, ctx)
             return

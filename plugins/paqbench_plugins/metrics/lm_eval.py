@@ -14,13 +14,15 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
+from torch import nn
 
-from paqbench import Measurement, Metric, Params, Unavailable, hookimpl
+from paqbench import Measurement, Metric, Params, RunContext, Unavailable, hookimpl
 
 #: lm-eval metrics whose value is a proportion in [0, 1]; the report shows them in %.
 FRACTION_METRICS = frozenset(
@@ -141,7 +143,7 @@ class LmEval(Metric):
     )
     Params = LmEvalParams
 
-    def measure(self, model, params: LmEvalParams, ctx):
+    def measure(self, model: nn.Module, params: LmEvalParams, ctx: RunContext) -> Iterator[Measurement]:
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
 

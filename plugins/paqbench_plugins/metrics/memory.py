@@ -10,14 +10,14 @@ reported unavailable with the reason, never as zero.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from pydantic import Field
 
-from paqbench import Metric, Params, engines, hookimpl
+from paqbench import Measurement, Metric, Params, RunContext, engines, hookimpl
 from paqbench.engines import Backend, EngineUnavailable, artifact, default_threads, open_engine
 from paqbench.measure import nvml
 from paqbench.measure.memory import PeakMemory
@@ -127,7 +127,7 @@ class Memory(Metric):
     )
     Params = MemoryParams
 
-    def measure(self, model, params: MemoryParams, ctx):
+    def measure(self, model: torch.nn.Module, params: MemoryParams, ctx: RunContext) -> Iterator[Measurement]:
         if params.backend != "torch":
             yield from self._engine(model, params, ctx)
             return

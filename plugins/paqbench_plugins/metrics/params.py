@@ -3,10 +3,12 @@ module, so a method that silently skipped layers shows up in the report."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from pydantic import Field
 
-from paqbench import Metric, Params, hookimpl
+from paqbench import Measurement, Metric, Params, RunContext, hookimpl
 from paqbench.layers import layer_kind, select_targets
 from paqbench.measure.counting import attention_macs, count_parameters, layer_counts, layer_shape, linear_macs
 
@@ -25,7 +27,7 @@ class ParamsMetric(Metric):
     Params = ParamsParams
 
     @torch.no_grad()
-    def measure(self, model, params: ParamsParams, ctx):
+    def measure(self, model: torch.nn.Module, params: ParamsParams, ctx: RunContext) -> Iterator[Measurement]:
         total, nonzero, bits = count_parameters(model)
         yield self.make("total", total, "params", None)
         yield self.make("nonzero", nonzero, "params", "lower")

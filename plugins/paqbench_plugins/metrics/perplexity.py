@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterator
 
 from pydantic import Field
+from torch import nn
 
-from paqbench import Metric, Params, hookimpl
+from paqbench import Measurement, Metric, Params, RunContext, hookimpl
 from paqbench.measure.perplexity import window_nlls, windows
 
 
@@ -29,7 +31,7 @@ class Perplexity(Metric):
     Params = PerplexityParams
     supports_offload = True  # window_nlls runs block by block on weights left on disk
 
-    def measure(self, model, params: PerplexityParams, ctx):
+    def measure(self, model: nn.Module, params: PerplexityParams, ctx: RunContext) -> Iterator[Measurement]:
         corpus = ctx.dataset(params.dataset, params.split)
         ids = ctx.tokenizer(corpus.text, return_tensors="pt").input_ids
         caps = [c for c in (params.max_windows, ctx.limit) if c is not None]

@@ -7,11 +7,13 @@ The scoring lives in :mod:`paqbench.measure.race`; this module turns it into mea
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Literal
 
 from pydantic import Field
+from torch import nn
 
-from paqbench import DataOrigin, Metric, Params, Unavailable, hookimpl
+from paqbench import DataOrigin, Measurement, Metric, Params, RunContext, Unavailable, hookimpl
 from paqbench.measure.race import (
     HUB_DATASET,
     RaceDataUnavailable,
@@ -83,7 +85,7 @@ class Race(Metric):
             offline="set data_dir (or PAQBENCH_DATA_DIR with a race/ folder) to RACE in the hub's parquet "
             "layout or the original release, or use source: embedded (a different, much smaller sample)"))]
 
-    def measure(self, model, params: RaceParams, ctx):
+    def measure(self, model: nn.Module, params: RaceParams, ctx: RunContext) -> Iterator[Measurement]:
         try:
             data = load_race(params.subset, params.split, params.source, params.data_dir,
                              params.hub_dataset)

@@ -9,12 +9,13 @@ the same model gives the same text on the same hardware and library versions.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from pydantic import Field
 
-from paqbench import Metric, Params, RunContext, hookimpl
+from paqbench import Measurement, Metric, Params, RunContext, hookimpl
 from paqbench.engines import Backend, EngineUnavailable, open_engine
 from paqbench.measure.timing import eval_mode
 from paqbench.models.device import input_device
@@ -80,7 +81,7 @@ class Samples(Metric):
     )
     Params = SamplesParams
 
-    def measure(self, model, params: SamplesParams, ctx: RunContext):
+    def measure(self, model: torch.nn.Module, params: SamplesParams, ctx: RunContext) -> Iterator[Measurement]:
         tokenizer = ctx.tokenizer
         prompts = list(params.prompts or DEFAULT_PROMPTS)
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

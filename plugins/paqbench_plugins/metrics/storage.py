@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
 from pydantic import Field
 
-from paqbench import Metric, Params, hookimpl
+from paqbench import Measurement, Metric, Params, RunContext, hookimpl
 from paqbench.measure.counting import count_parameters
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -27,7 +28,7 @@ class Storage(Metric):
     description = "Bytes on disk of the model saved with save_pretrained (safetensors), and bits per weight."
     Params = StorageParams
 
-    def measure(self, model, params: StorageParams, ctx):
+    def measure(self, model: torch.nn.Module, params: StorageParams, ctx: RunContext) -> Iterator[Measurement]:
         target = ctx.scratch_dir / "storage-checkpoint"
         began = time.perf_counter()
         state_dict = None

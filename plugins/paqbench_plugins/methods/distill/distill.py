@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gc
 import time
+from typing import Any
 
 from pydantic import Field
+from torch import nn
 
-from paqbench import Method, Params, hookimpl
+from paqbench import Method, Params, RunContext, hookimpl
 from paqbench.data.calibration import build_calibration
 from paqbench.distill import DistillConfig, distill, select_trainable
 from paqbench.layers import check_supported, select_targets
@@ -62,7 +64,7 @@ class Distill(Method):
     accepts = frozenset({"dense", "pruned", "quantized"})
     needs_calibration = True
 
-    def apply(self, model, params: DistillParams, ctx):
+    def apply(self, model: nn.Module, params: DistillParams, ctx: RunContext) -> dict[str, Any] | None:
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)
         trainable = select_trainable(model, targets, norms=params.norms, embeddings=params.embeddings)

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from paqbench import Params, hookimpl
+from paqbench import Params, RunContext, hookimpl
 from paqbench.layers import check_supported, select_targets
 from paqbench.peers import ConversionRecord, Peer, PeerMethod
 from paqbench.peers.convert import ConversionError, install_packed, integer_weight, layer_facts
@@ -68,7 +68,7 @@ class AutoRoundPeer(PeerMethod):
     accepts = frozenset({"dense"})
     needs_calibration = True
 
-    def apply(self, model: nn.Module, params: AutoRoundParams, ctx) -> dict[str, Any]:
+    def apply(self, model: nn.Module, params: AutoRoundParams, ctx: RunContext) -> dict[str, Any]:
         PEER.load()
         from auto_round import AutoRound
 

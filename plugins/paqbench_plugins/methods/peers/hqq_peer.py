@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from paqbench import Params, hookimpl
+from paqbench import Params, RunContext, hookimpl
 from paqbench.layers import check_supported, select_targets
 from paqbench.peers import ConversionRecord, Peer, PeerMethod
 from paqbench.peers.convert import install_dense, layer_facts
@@ -58,7 +58,7 @@ class HQQLib(PeerMethod):
     accepts = frozenset({"dense"})
 
     @torch.no_grad()
-    def apply(self, model: nn.Module, params: HQQLibParams, ctx) -> dict[str, Any]:
+    def apply(self, model: nn.Module, params: HQQLibParams, ctx: RunContext) -> dict[str, Any]:
         PEER.load()
         from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
 

@@ -28,7 +28,7 @@ import yaml
 from pydantic import Field, field_validator
 from torch import nn
 
-from paqbench import Params, hookimpl
+from paqbench import Params, RunContext, hookimpl
 from paqbench.layers import check_supported, select_targets
 from paqbench.layers.sparsity import record_mask
 from paqbench.peers import ConversionRecord, Peer, PeerMethod
@@ -103,7 +103,7 @@ class LLMCompressor(PeerMethod):
     accepts = frozenset({"dense", "pruned"})
     needs_calibration = True
 
-    def apply(self, model: nn.Module, params: LLMCompressorParams, ctx) -> dict[str, Any]:
+    def apply(self, model: nn.Module, params: LLMCompressorParams, ctx: RunContext) -> dict[str, Any]:
         PEER.load()
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)

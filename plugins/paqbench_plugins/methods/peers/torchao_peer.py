@@ -23,7 +23,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from paqbench import Params, hookimpl
+from paqbench import Params, RunContext, hookimpl
 from paqbench.layers import check_supported, select_targets
 from paqbench.peers import ConversionRecord, Peer, PeerMethod
 from paqbench.peers.convert import (
@@ -104,7 +104,7 @@ class TorchAO(PeerMethod):
     accepts = frozenset({"dense", "pruned"})
 
     @torch.no_grad()
-    def apply(self, model: nn.Module, params: TorchAOParams, ctx) -> dict[str, Any]:
+    def apply(self, model: nn.Module, params: TorchAOParams, ctx: RunContext) -> dict[str, Any]:
         torchao = PEER.load()
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)

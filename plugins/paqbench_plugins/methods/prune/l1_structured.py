@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from paqbench import Method, Params, hookimpl
+from paqbench import Method, Params, RunContext, hookimpl
 from paqbench.layers import check_supported, dequantized_weight, require, select_targets
 from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS
 from paqbench.layers.structured import install, kept_count, prune_channels, select_channels
@@ -67,7 +67,7 @@ class L1Structured(Method):
     accepts = frozenset({"dense", "pruned", "quantized"})
 
     @torch.no_grad()
-    def apply(self, model, params: L1StructuredParams, ctx) -> dict[str, Any]:
+    def apply(self, model: torch.nn.Module, params: L1StructuredParams, ctx: RunContext) -> dict[str, Any]:
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)
         needs = SLICE_INPUTS if params.dim == "input" else SLICE_OUTPUTS

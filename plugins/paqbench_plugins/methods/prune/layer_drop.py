@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from paqbench import Method, Params, hookimpl
+from paqbench import Method, Params, RunContext, hookimpl
 from paqbench.layers import decoder_blocks
 from paqbench.measure.counting import count_parameters
 from paqbench.structure.drop import angular_distances, block_influence, drop_blocks
@@ -82,7 +82,7 @@ class LayerDrop(Method):
     needs_calibration = True
 
     @torch.no_grad()
-    def apply(self, model, params: LayerDropParams, ctx) -> dict[str, Any]:
+    def apply(self, model: torch.nn.Module, params: LayerDropParams, ctx: RunContext) -> dict[str, Any]:
         _, blocks = decoder_blocks(model)
         n_total = len(blocks)
         n_drop = params.n_blocks if params.n_blocks is not None else round(params.ratio * n_total)

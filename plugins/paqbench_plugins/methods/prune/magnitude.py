@@ -8,12 +8,12 @@ the zeros.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 
-from paqbench import Method, hookimpl
+from paqbench import Method, RunContext, hookimpl
 from paqbench.layers import check_supported, get_mask, require, select_targets
 from paqbench.layers.contract import ZERO_WEIGHTS
 from paqbench.prune.masks import (
@@ -57,7 +57,7 @@ class Magnitude(Method):
     accepts = frozenset({"dense", "pruned", "quantized"})
 
     @torch.no_grad()
-    def apply(self, model, params: MagnitudeParams, ctx):
+    def apply(self, model: torch.nn.Module, params: MagnitudeParams, ctx: RunContext) -> dict[str, Any] | None:
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)
         require(targets, ZERO_WEIGHTS, self.name, ctx.current_step)

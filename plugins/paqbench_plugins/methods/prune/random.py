@@ -8,10 +8,12 @@ the same seed prunes the same weights.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import Field
 
-from paqbench import Method, Params, hookimpl
+from paqbench import Method, Params, RunContext, hookimpl
 from paqbench.layers import check_supported, get_mask, require, select_targets
 from paqbench.layers.contract import ZERO_WEIGHTS
 from paqbench.prune.masks import apply_keep_mask, keep_lowest_dropped, pruning_facts
@@ -39,7 +41,7 @@ class RandomPruning(Method):
     accepts = frozenset({"dense", "pruned", "quantized"})
 
     @torch.no_grad()
-    def apply(self, model, params: RandomParams, ctx):
+    def apply(self, model: torch.nn.Module, params: RandomParams, ctx: RunContext) -> dict[str, Any] | None:
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)
         require(targets, ZERO_WEIGHTS, self.name, ctx.current_step)

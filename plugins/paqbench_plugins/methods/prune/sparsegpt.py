@@ -11,12 +11,12 @@ requantized onto its own grid (scales, zero points and groups kept, codes rewrit
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 
-from paqbench import Method, hookimpl
+from paqbench import Method, RunContext, hookimpl
 from paqbench.blockwise.driver import OnloadedModules, calibrate_layers, check_inside_blocks
 from paqbench.layers import check_supported, get_mask, layer_kind, select_targets
 from paqbench.layers.sparsity import MASK_BUFFER
@@ -80,7 +80,7 @@ class SparseGPT(Method):
     accepts = frozenset({"dense", "pruned", "quantized"})
     needs_calibration = True
 
-    def apply(self, model, params: SparseGPTParams, ctx):
+    def apply(self, model: torch.nn.Module, params: SparseGPTParams, ctx: RunContext) -> dict[str, Any] | None:
         config = params.quant_config()
         pattern = params.nm
         targets = select_targets(model, params.targets)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from paqbench import Method, Params, hookimpl
+from paqbench import Method, Params, RunContext, hookimpl
 from paqbench.layers import check_supported, require
 from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS
 from paqbench.layers.structured import kept_count
@@ -138,7 +138,7 @@ class Structured(Method):
     accepts = frozenset({"dense", "pruned", "quantized"})
     needs_calibration = True  # taylor importance only
 
-    def apply(self, model, params: StructuredParams, ctx) -> dict[str, Any]:
+    def apply(self, model: torch.nn.Module, params: StructuredParams, ctx: RunContext) -> dict[str, Any]:
         all_parts = block_parts(model)
         n_blocks = len(all_parts)
         if params.skip_first + params.skip_last >= n_blocks:

@@ -8,12 +8,12 @@ so block ``i + 1`` is scored on the outputs of the already pruned block ``i``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
-from paqbench import Method, hookimpl
+from paqbench import Method, RunContext, hookimpl
 from paqbench.blockwise.driver import OnloadedModules, calibrate_layers, check_inside_blocks
 from paqbench.layers import check_supported, get_mask, select_targets
 from paqbench.prune.masks import apply_keep_mask, current_weight, keep_lowest_dropped, pruning_facts
@@ -53,7 +53,7 @@ class Wanda(Method):
     accepts = frozenset({"dense", "pruned", "quantized"})
     needs_calibration = True
 
-    def apply(self, model, params: WandaParams, ctx):
+    def apply(self, model: torch.nn.Module, params: WandaParams, ctx: RunContext) -> dict[str, Any] | None:
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)
         check_inside_blocks(model, targets, self.name)

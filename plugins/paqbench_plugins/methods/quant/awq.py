@@ -9,11 +9,12 @@ round-to-nearest, which layers got no scale and why, clipping).
 from __future__ import annotations
 
 from statistics import mean
+from typing import Any
 
 from pydantic import Field
 from torch import nn
 
-from paqbench import Method, hookimpl
+from paqbench import Method, RunContext, hookimpl
 from paqbench.blockwise.driver import check_inside_blocks, each_block
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.awq import AWQConfig, awq_block
@@ -60,7 +61,7 @@ class AWQ(Method):
     accepts = frozenset({"dense", "pruned"})
     needs_calibration = True
 
-    def apply(self, model, params: AWQParams, ctx):
+    def apply(self, model: nn.Module, params: AWQParams, ctx: RunContext) -> dict[str, Any] | None:
         quant = params.quant_config()
         config = params.awq_config()
         targets = select_targets(model, params.targets)

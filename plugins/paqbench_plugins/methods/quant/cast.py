@@ -14,12 +14,12 @@ bias and the dtype of what they return follow the cast.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
-from paqbench import Method, Params, hookimpl
+from paqbench import Method, Params, RunContext, hookimpl
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -51,7 +51,7 @@ class Cast(Method):
     accepts = frozenset({"dense", "pruned", "quantized"})
 
     @torch.no_grad()
-    def apply(self, model, params: CastParams, ctx):
+    def apply(self, model: torch.nn.Module, params: CastParams, ctx: RunContext) -> dict[str, Any] | None:
         dtype = _DTYPES[params.dtype]
         before = _float_dtypes(model)
         model.to(dtype=dtype)

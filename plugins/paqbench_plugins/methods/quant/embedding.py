@@ -14,13 +14,13 @@ style deployments quantize the table too; this method does, with the RTN grid of
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from paqbench import Method, Params, hookimpl
+from paqbench import Method, Params, RunContext, hookimpl
 from paqbench.layers import UnsupportedLayerError, check_supported, layer_kind
 from paqbench.quant.embedding import QuantizedEmbedding, tie_quantized_head
 from paqbench.quant.linear import QuantizedLinear, replace_module
@@ -69,7 +69,7 @@ class EmbedRTN(Method):
     accepts = frozenset({"dense", "pruned"})
 
     @torch.no_grad()
-    def apply(self, model, params: EmbeddingQuantParams, ctx):
+    def apply(self, model: torch.nn.Module, params: EmbeddingQuantParams, ctx: RunContext) -> dict[str, Any] | None:
         config = params.quant_config()
         if not hasattr(model, "get_input_embeddings"):
             raise UnsupportedLayerError(

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from paqbench import Method, Params, hookimpl
+from paqbench import Method, Params, RunContext, hookimpl
 from paqbench.blockwise.driver import each_target
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.fp8 import FP8Linear
@@ -40,7 +40,7 @@ class FP8(Method):
     accepts = frozenset({"dense", "pruned"})
 
     @torch.no_grad()
-    def apply(self, model: torch.nn.Module, params: FP8Params, ctx) -> dict[str, object]:
+    def apply(self, model: torch.nn.Module, params: FP8Params, ctx: RunContext) -> dict[str, object]:
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)
         names = list(targets)

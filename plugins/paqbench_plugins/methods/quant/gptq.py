@@ -8,10 +8,12 @@ next block is calibrated on the outputs of the already quantized one.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field
 from torch import nn
 
-from paqbench import Method, hookimpl
+from paqbench import Method, RunContext, hookimpl
 from paqbench.blockwise.driver import calibrate_layers, check_inside_blocks
 from paqbench.layers import check_supported, get_mask, select_targets
 from paqbench.quant.gptq import HessianAccumulator, gptq_quantize
@@ -61,7 +63,7 @@ class GPTQ(Method):
     accepts = frozenset({"dense", "pruned"})
     needs_calibration = True
 
-    def apply(self, model, params: GPTQParams, ctx):
+    def apply(self, model: nn.Module, params: GPTQParams, ctx: RunContext) -> dict[str, Any] | None:
         config = params.quant_config()
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)

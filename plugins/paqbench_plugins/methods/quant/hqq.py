@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from paqbench import Method, Params, hookimpl
+from paqbench import Method, Params, RunContext, hookimpl
 from paqbench.blockwise.driver import each_target
 from paqbench.layers import check_supported, get_mask, select_targets
 from paqbench.quant.hqq import HQQConfig, quantize_hqq
@@ -54,7 +54,7 @@ class HQQ(Method):
     accepts = frozenset({"dense", "pruned"})
 
     @torch.no_grad()
-    def apply(self, model: torch.nn.Module, params: HQQParams, ctx) -> dict[str, object]:
+    def apply(self, model: torch.nn.Module, params: HQQParams, ctx: RunContext) -> dict[str, object]:
         config, solver = params.quant_config(), params.solver()
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)

@@ -12,12 +12,12 @@ weights stay zero and the layer can be pruned again afterwards.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
-from paqbench import Method, Params, hookimpl
+from paqbench import Method, Params, RunContext, hookimpl
 from paqbench.blockwise.driver import each_target
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.codebook import input_second_moments
@@ -65,7 +65,7 @@ class KMeans(Method):
     needs_calibration = True  # weighted only
 
     @torch.no_grad()
-    def apply(self, model, params: KMeansParams, ctx):
+    def apply(self, model: torch.nn.Module, params: KMeansParams, ctx: RunContext) -> dict[str, Any] | None:
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)
         importance = None

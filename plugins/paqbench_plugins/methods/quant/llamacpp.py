@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from paqbench import Method, Params, hookimpl
+from paqbench import Method, Params, RunContext, hookimpl
 from paqbench.layers import check_supported
 
 #: Block types whose values paqbench's integer grid holds exactly: bits per code.
@@ -95,7 +95,7 @@ class LlamaCppQuantize(Method):
     accepts = frozenset({"dense"})
 
     @torch.no_grad()
-    def apply(self, model: nn.Module, params: LlamaCppQuantParams, ctx) -> dict[str, Any]:
+    def apply(self, model: nn.Module, params: LlamaCppQuantParams, ctx: RunContext) -> dict[str, Any]:
         from paqbench.export.gguf_file.writer import export_gguf
         from paqbench.export.layers import export_units
 

@@ -9,10 +9,12 @@ into the 16 NormalFloat values (bitsandbytes' exact table), one absmax per block
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import Field
 
-from paqbench import Method, Params, hookimpl
+from paqbench import Method, Params, RunContext, hookimpl
 from paqbench.blockwise.driver import each_target
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.linear import replace_module
@@ -49,7 +51,7 @@ class NF4(Method):
     accepts = frozenset({"dense", "pruned"})
 
     @torch.no_grad()
-    def apply(self, model, params: NF4Params, ctx):
+    def apply(self, model: torch.nn.Module, params: NF4Params, ctx: RunContext) -> dict[str, Any] | None:
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)
         names = list(targets)

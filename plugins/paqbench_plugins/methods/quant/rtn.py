@@ -8,9 +8,11 @@ zeros) stay exactly zero.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from paqbench import Method, hookimpl
+from paqbench import Method, RunContext, hookimpl
 from paqbench.blockwise.driver import each_target
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.linear import QuantizedLinear, replace_module
@@ -33,7 +35,7 @@ class RTN(Method):
     accepts = frozenset({"dense", "pruned"})
 
     @torch.no_grad()
-    def apply(self, model, params: WeightQuantParams, ctx):
+    def apply(self, model: torch.nn.Module, params: WeightQuantParams, ctx: RunContext) -> dict[str, Any] | None:
         config = params.quant_config()
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 from collections import Counter
 from statistics import mean
+from typing import Any
 
 from pydantic import Field, field_validator
 from torch import nn
 
-from paqbench import Method, Params, hookimpl
+from paqbench import Method, Params, RunContext, hookimpl
 from paqbench.blockwise.driver import check_inside_blocks, each_block
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.linear import replace_module
@@ -72,7 +73,7 @@ class SmoothQuant(Method):
     needs_calibration = True
     supports_offload = True  # weights reached through paqbench.blockwise.driver
 
-    def apply(self, model, params: SmoothQuantParams, ctx):
+    def apply(self, model: nn.Module, params: SmoothQuantParams, ctx: RunContext) -> dict[str, Any] | None:
         config = params.smooth_config()
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)

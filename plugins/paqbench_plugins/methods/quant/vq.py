@@ -10,10 +10,12 @@ the codebooks.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pydantic import Field, field_validator
 
-from paqbench import Method, Params, hookimpl
+from paqbench import Method, Params, RunContext, hookimpl
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.codebook import input_second_moments
 from paqbench.quant.linear import replace_module
@@ -63,7 +65,7 @@ class VQ(Method):
     needs_calibration = True  # weighted only
 
     @torch.no_grad()
-    def apply(self, model, params: VQParams, ctx):
+    def apply(self, model: torch.nn.Module, params: VQParams, ctx: RunContext) -> dict[str, Any] | None:
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)
         for name, module in targets.items():  # fail before changing anything

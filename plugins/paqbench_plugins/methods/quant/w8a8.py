@@ -4,10 +4,11 @@ quantized at run time), with an int8 matmul where the platform has an exact one.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import torch
 
-from paqbench import Method, hookimpl
+from paqbench import Method, RunContext, hookimpl
 from paqbench.blockwise.driver import each_target
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.linear import replace_module
@@ -33,7 +34,7 @@ class W8A8(Method):
     accepts = frozenset({"dense", "pruned"})
 
     @torch.no_grad()
-    def apply(self, model, params: W8A8Params, ctx):
+    def apply(self, model: torch.nn.Module, params: W8A8Params, ctx: RunContext) -> dict[str, Any] | None:
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)
         names = list(targets)
