@@ -91,3 +91,34 @@ def test_llmcompressor_recipes_are_checked_before_anything_runs():
     for bad in ("[1, 2", "- a list", {}):
         with pytest.raises(ValidationError, match="recipe"):
             cls.Params(recipe=bad)
+
+
+def test_a_suite_naming_a_missing_peer_runs_the_others_and_says_why_in_one_line(tmp_path, monkeypatch):
+    import json
+
+    from paqbench.planner import build_plan
+    from paqbench.runner.session import run_plan
+    from paqbench.suite import load_suite
+    from paqbench_plugins.methods.peers import torchao_peer
+    from tests.helpers import TINY_SUITE, write_suite
+
+    missing = dataclasses.replace(torchao_peer.PEER, module="paqbench_no_such_peer_module")
+    monkeypatch.setattr(torchao_peer, "PEER", missing)
+    text = TINY_SUITE + """
+  - name: peer
+    steps:
+      - torchao: {scheme: int4-weight-only, group_size: 16}
+"""
+    plan = build_plan(load_suite(write_suite(tmp_path, text)), get_registry())
+    out = tmp_path / "out"
+    run_plan(plan, out, registry=get_registry(), isolation="in-process", echo=lambda m: None)
+    records = {r["name"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert {n: r["status"] for n, r in records.items()} == {
+        "baseline": "ok", "magnitude[sparsity=0.25]": "ok", "magnitude[sparsity=0.5]": "ok", "peer": "failed"}
+    peer = records["peer"]
+    message = peer["error"]["message"]
+    assert message == ("step 1 (torchao) failed: torchao is not installed; install it with: "
+                       "pip install 'paqbench[torchao]'")
+    assert {m["metric"] for m in peer["measurements"]} == {"params", "perplexity"}
+    assert all(m["value"] is None and "pip install 'paqbench[torchao]'" in m["unavailable"]
+               for m in peer["measurements"])

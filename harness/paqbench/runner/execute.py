@@ -155,6 +155,12 @@ def _execute(spec: RunSpec, registry: Registry, result: RunResult, scratch: Path
             result.status = "failed"
             result.error = _error(exc)
             result.error["message"] = f"step {ctx.current_step} failed: {exc}"
+            if isinstance(exc, Unavailable):  # a missing peer: every metric says why, not only the error
+                record.info = {"unavailable": str(exc)}
+                result.measurements.extend(
+                    Measurement.unavailable_because(m["name"], "*", "", f"step {ctx.current_step}: {exc}").to_dict()
+                    for m in spec.metrics
+                )
             return
         record.wall_s = time.perf_counter() - began
         record.memory = peak.peak.to_dict()
