@@ -129,6 +129,10 @@ def test_same_results_as_the_process_runner(tmp_path, cluster):
     ended = next(i for i, m in enumerate(messages) if m.startswith(f"{first}: ok"))
     began = next(i for i, m in enumerate(messages) if m.startswith(f"{second}: running on"))
     assert began > ended
+    # ...while the search and the ordinary runs shared the cluster: its first probe started before the baseline ended
+    probe_began = next(i for i, m in enumerate(messages) if m.startswith(f"{first}: running on"))
+    baseline_ended = next(i for i, m in enumerate(messages) if m.startswith("[1/1] baseline: ok"))
+    assert probe_began < baseline_ended, messages
     assert any(m.startswith("ray: ") and "running" in m and "pending" in m for m in messages)
 
     report = json.loads(_report(tmp_path / "ray")["report.json"])

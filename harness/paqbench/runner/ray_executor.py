@@ -180,14 +180,14 @@ def _run_task(spec_dict: dict[str, Any], suite_name: str, scratch_root: str):
     """The Ray task: say where it runs, then run. A generator, so the driver learns when it starts."""
     import ray
 
-    from paqbench.runner.execute import execute_run
-
     where = {
         "executor": "ray", "node_id": ray.get_runtime_context().get_node_id(),
         "node_ip": ray.util.get_node_ip_address(), "hostname": platform.node(), "pid": os.getpid(),
         "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
     }
-    yield where
+    yield where  # before the heavy imports: they count in the run's timeout, as in the process runner
+    from paqbench.runner.execute import execute_run
+
     result = execute_run(RunSpec.from_dict(spec_dict), suite_name, Path(scratch_root))
     result.environment["executor"] = where
     yield result.to_dict()
