@@ -3,23 +3,35 @@ configuration classes (what transformers' CompressedTensorsHfQuantizer and vLLM 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
-from paqbench.export.compressed.packed import Scheme
+
+class WeightScheme(Protocol):
+    """A layer scheme the writer groups by: its weights, its activations and its format."""
+
+    format: str
+
+    def weight_args(self) -> QuantizationArgs: ...
+
+    def input_args(self) -> QuantizationArgs | None: ...
 
 
-def quantization_config(schemes: dict[Scheme, list[str]]) -> dict[str, Any]:
-    """One config group per weight scheme, targeting its layers by exact module name."""
+def quantization_config(schemes: dict[Any, list[str]]) -> dict[str, Any]:
+    """One config group per scheme, targeting its layers by exact module name; one
+    format for the file when all groups share it, else ``mixed-precision`` with each
+    group's own."""
+    formats = {scheme.format for scheme in schemes}
+    mixed = len(formats) > 1
     groups = {}
     for index, (scheme, names) in enumerate(sorted(schemes.items(), key=lambda item: str(item[0]))):
-        weights = QuantizationArgs(
-            num_bits=scheme.bits, type="int", symmetric=scheme.symmetric, strategy=scheme.strategy,
-            group_size=scheme.group_size, dynamic=False,
+        groups[f"group_{index}"] = QuantizationScheme(
+            targets=sorted(names), weights=scheme.weight_args(), input_activations=scheme.input_args(),
+            format=scheme.format if mixed else None,
         )
-        groups[f"group_{index}"] = QuantizationScheme(targets=sorted(names), weights=weights)
     config = QuantizationConfig(
-        config_groups=groups, format="pack-quantized", quantization_status="compressed", ignore=[],
+        config_groups=groups, format="mixed-precision" if mixed else formats.pop(),
+        quantization_status="compressed", ignore=[],
     )
     return config.to_dict()

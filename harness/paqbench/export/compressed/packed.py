@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from compressed_tensors.quantization import QuantizationArgs
 
 try:  # compressed-tensors >= 0.20 (what this was tested with)
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
@@ -31,10 +32,18 @@ class Scheme:
     bits: int
     symmetric: bool
     group_size: int | None  # None: one group per output channel
+    format: str = "pack-quantized"
 
     @property
     def strategy(self) -> str:
         return "channel" if self.group_size is None else "group"
+
+    def weight_args(self) -> QuantizationArgs:
+        return QuantizationArgs(num_bits=self.bits, type="int", symmetric=self.symmetric, strategy=self.strategy,
+                                group_size=self.group_size, dynamic=False)
+
+    def input_args(self) -> QuantizationArgs | None:
+        return None  # weight-only
 
 
 def scheme_for(grid: IntegerGrid) -> Scheme | None:

@@ -2,10 +2,10 @@
 ``AutoModelForCausalLM.from_pretrained`` (and vLLM) load.
 
 Integer-grid ``QuantizedLinear`` layers whose groups tile the width go in packed
-(:mod:`.packed`); every other layer is written as a float16 weight (dense, pruned, and
-the formats compressed-tensors has no type for). The rest of the state dict (norms) is
-written as stored. A tied LM head is not written; config.json says the embeddings are
-tied.
+(:mod:`.packed`), E4M3 layers as ``float-quantized`` (:mod:`.float8`); every other
+layer is written as a float16 weight (dense, pruned, and the formats compressed-tensors
+has no type for). The rest of the state dict (norms) is written as stored. A tied LM
+head is not written; config.json says the embeddings are tied.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from torch import nn
 
 from paqbench.export.capability import capability_of
 from paqbench.export.compressed.config import quantization_config
+from paqbench.export.compressed.float8 import FP8Scheme, fp8_scheme, fp8_tensors
 from paqbench.export.compressed.packed import Scheme, packed_tensors, scheme_for, vllm_note
 from paqbench.export.grid import grid_of
 from paqbench.export.layers import dense_bias, dense_weight, export_units
@@ -41,7 +42,7 @@ def export_compressed(model: nn.Module, tokenizer: Any, directory: Path) -> Expo
     directory.mkdir(parents=True, exist_ok=True)
     record = ExportRecord(target=TARGET, status="ok", path=str(directory))
     tensors: dict[str, torch.Tensor] = {}
-    schemes: dict[Scheme, list[str]] = {}
+    schemes: dict[Scheme | FP8Scheme, list[str]] = {}
     tied, done = _write_units(model, tensors, schemes, record)
     _write_rest(model, tensors, done)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -55,7 +56,8 @@ def export_compressed(model: nn.Module, tokenizer: Any, directory: Path) -> Expo
 
 
 def _write_units(
-    model: nn.Module, tensors: dict[str, torch.Tensor], schemes: dict[Scheme, list[str]], record: ExportRecord
+    model: nn.Module, tensors: dict[str, torch.Tensor], schemes: dict[Scheme | FP8Scheme, list[str]],
+    record: ExportRecord,
 ) -> tuple[bool, set[str]]:
     from paqbench.quant.embedding import TiedQuantizedHead
 
@@ -75,7 +77,11 @@ def _write_units(
             layer.tensor = "(tied: embedding)"
             continue
         scheme = _packable(module, capability.level)
-        if scheme is None:
+        float8 = fp8_scheme(module) if capability.level == "exact" else None
+        if float8 is not None:
+            tensors.update({f"{name}.{key}": value for key, value in fp8_tensors(module, float8).items()})
+            schemes.setdefault(float8, []).append(name)
+        elif scheme is None:
             tensors[f"{name}.weight"] = dense_weight(module).to(torch.float16)
         else:
             grid = grid_of(module)
@@ -113,7 +119,8 @@ def _write_rest(model: nn.Module, tensors: dict[str, torch.Tensor], done: set[st
         tensors[key] = tensor.detach().clone()
 
 
-def _write_config(model: nn.Module, directory: Path, schemes: dict[Scheme, list[str]], tied: bool) -> None:
+def _write_config(model: nn.Module, directory: Path, schemes: dict[Scheme | FP8Scheme, list[str]],
+                  tied: bool) -> None:
     data = model.config.to_dict()
     data["tie_word_embeddings"] = tied
     data["dtype"] = "float16"
