@@ -17,8 +17,11 @@ tensors are copied out of it, so its mapped pages leave the process's RSS again.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +108,7 @@ class DiskOffload:
                     torch.empty(param.shape, dtype=param.dtype, device="meta"), param.requires_grad
                 )
                 self._loaded.pop(name, None)
+        release_freed_memory()
 
     def _unchanged(self, name: str, param: torch.Tensor) -> bool:
         loaded = self._loaded.get(name)
@@ -112,6 +116,27 @@ class DiskOffload:
             loaded is not None and loaded.ident == id(param) and loaded.version == param._version
             and loaded.data_ptr == param.data_ptr()
         )
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc's ``malloc_trim``). Without it a
+    block's freed float weights stay in the process: glibc raises its mmap threshold after
+    the first large free, so later blocks come from the heap and RSS grows by most of a
+    float block per block (measured: +35 MB per 49 MB block; +6.5 MB, the packed size,
+    with it). A no-op where there is no glibc."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def offload_of(model: nn.Module) -> DiskOffload | None:

@@ -79,6 +79,7 @@ class SparseGPT(Method):
     Params = SparseGPTParams
     accepts = frozenset({"dense", "pruned", "quantized"})
     needs_calibration = True
+    supports_offload = True  # weights reached through paqbench.blockwise.driver
 
     def apply(self, model: torch.nn.Module, params: SparseGPTParams, ctx: RunContext) -> dict[str, Any] | None:
         config = params.quant_config()

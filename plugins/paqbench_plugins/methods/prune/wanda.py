@@ -52,6 +52,7 @@ class Wanda(Method):
     Params = WandaParams
     accepts = frozenset({"dense", "pruned", "quantized"})
     needs_calibration = True
+    supports_offload = True  # weights reached through paqbench.blockwise.driver
 
     def apply(self, model: torch.nn.Module, params: WandaParams, ctx: RunContext) -> dict[str, Any] | None:
         targets = select_targets(model, params.targets)

@@ -60,6 +60,7 @@ class AWQ(Method):
     Params = AWQParams
     accepts = frozenset({"dense", "pruned"})
     needs_calibration = True
+    supports_offload = True  # weights reached through paqbench.blockwise.driver
 
     def apply(self, model: nn.Module, params: AWQParams, ctx: RunContext) -> dict[str, Any] | None:
         quant = params.quant_config()

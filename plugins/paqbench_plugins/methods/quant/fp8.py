@@ -38,6 +38,7 @@ class FP8(Method):
     )
     Params = FP8Params
     accepts = frozenset({"dense", "pruned"})
+    supports_offload = True  # weights reached through paqbench.blockwise.driver
 
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, params: FP8Params, ctx: RunContext) -> dict[str, object]:

@@ -62,6 +62,7 @@ class GPTQ(Method):
     Params = GPTQParams
     accepts = frozenset({"dense", "pruned"})
     needs_calibration = True
+    supports_offload = True  # weights reached through paqbench.blockwise.driver
 
     def apply(self, model: nn.Module, params: GPTQParams, ctx: RunContext) -> dict[str, Any] | None:
         config = params.quant_config()

@@ -52,6 +52,7 @@ class HQQ(Method):
     )
     Params = HQQParams
     accepts = frozenset({"dense", "pruned"})
+    supports_offload = True  # weights reached through paqbench.blockwise.driver
 
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, params: HQQParams, ctx: RunContext) -> dict[str, object]:

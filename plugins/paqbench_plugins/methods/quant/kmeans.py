@@ -19,6 +19,7 @@ from pydantic import Field
 
 from paqbench import Method, Params, RunContext, hookimpl
 from paqbench.blockwise.driver import each_target
+from paqbench.blockwise.offload import offload_of
 from paqbench.layers import check_supported, select_targets
 from paqbench.quant.codebook import input_second_moments
 from paqbench.quant.linear import replace_module
@@ -63,6 +64,7 @@ class KMeans(Method):
     Params = KMeansParams
     accepts = frozenset({"dense", "pruned"})
     needs_calibration = True  # weighted only
+    supports_offload = True  # weights reached through paqbench.blockwise.driver
 
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, params: KMeansParams, ctx: RunContext) -> dict[str, Any] | None:
@@ -70,6 +72,9 @@ class KMeans(Method):
         check_supported(targets, self.accepts, self.name, ctx.current_step)
         importance = None
         if params.weighted:
+            if offload_of(model) is not None:
+                raise ValueError("kmeans with weighted: true runs the whole model at once and cannot run with "
+                                 "model.offload: disk; set weighted: false")
             importance = input_second_moments(model, targets, ctx.calibration_batches(), ctx.progress)
         names = list(targets)
         del targets  # hold no reference to a replaced float layer

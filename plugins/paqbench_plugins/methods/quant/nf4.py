@@ -49,6 +49,7 @@ class NF4(Method):
     )
     Params = NF4Params
     accepts = frozenset({"dense", "pruned"})
+    supports_offload = True  # weights reached through paqbench.blockwise.driver
 
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, params: NF4Params, ctx: RunContext) -> dict[str, Any] | None:

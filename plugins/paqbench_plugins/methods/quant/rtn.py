@@ -33,6 +33,7 @@ class RTN(Method):
     )
     Params = WeightQuantParams
     accepts = frozenset({"dense", "pruned"})
+    supports_offload = True  # weights reached through paqbench.blockwise.driver
 
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, params: WeightQuantParams, ctx: RunContext) -> dict[str, Any] | None:

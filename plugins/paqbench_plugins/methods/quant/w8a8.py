@@ -32,6 +32,7 @@ class W8A8(Method):
     )
     Params = W8A8Params
     accepts = frozenset({"dense", "pruned"})
+    supports_offload = True  # weights reached through paqbench.blockwise.driver
 
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, params: W8A8Params, ctx: RunContext) -> dict[str, Any] | None:
