@@ -18,7 +18,8 @@ from pydantic import Field, model_validator
 
 from paqbench import Method, RunContext, hookimpl
 from paqbench.blockwise.driver import OnloadedModules, calibrate_layers, check_inside_blocks
-from paqbench.layers import check_supported, get_mask, layer_kind, select_targets
+from paqbench.layers import capabilities, check_supported, get_mask, layer_kind, require, select_targets
+from paqbench.layers.contract import EXACT_GRID, FLOAT_WEIGHT
 from paqbench.layers.sparsity import MASK_BUFFER
 from paqbench.prune.masks import pruning_facts
 from paqbench.prune.nm import check_width
@@ -86,21 +87,17 @@ class SparseGPT(Method):
         pattern = params.nm
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)
+        # a float weight to update, or an exact grid to requantize onto (asked, not a class)
+        require(targets, (FLOAT_WEIGHT, EXACT_GRID), self.name, ctx.current_step)
         check_inside_blocks(model, targets, self.name)
         for name, module in targets.items():  # fail before changing anything
             if pattern is not None:
                 check_width(int(module.in_features), pattern, repr(name))
-            if layer_kind(module) == "quantized":
-                if config is not None:
-                    raise ValueError(
-                        f"step {ctx.current_step}: layer {name!r} is already quantized; sparsegpt prunes it on its "
-                        "own grid, so leave `bits` unset (or quantize after pruning)"
-                    )
-                if not isinstance(module, QuantizedLinear):
-                    raise ValueError(
-                        f"step {ctx.current_step}: sparsegpt can requantize only paqbench's QuantizedLinear, "
-                        f"and layer {name!r} is a {type(module).__name__}"
-                    )
+            if config is not None and FLOAT_WEIGHT not in capabilities(module):
+                raise ValueError(
+                    f"step {ctx.current_step}: layer {name!r} is already quantized; sparsegpt prunes it on its "
+                    "own grid, so leave `bits` unset (or quantize after pruning)"
+                )
         names = list(targets)
         del targets  # hold no reference to a replaced layer
         batches = ctx.calibration_batches()
@@ -111,9 +108,8 @@ class SparseGPT(Method):
 
         @torch.no_grad()
         def prune(name: str, module: torch.nn.Module, hessian: HessianAccumulator) -> None:
-            quantized_input = layer_kind(module) == "quantized"
             grid = None
-            if quantized_input:
+            if FLOAT_WEIGHT not in capabilities(module):  # requantized onto its own exact grid
                 q = module.quantized_weight()
                 grid = FixedGrid(q.scales, q.zeros, q.g_idx, q.config)
                 weight = q.dequantize()
