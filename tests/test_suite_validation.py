@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from paqbench.planner import build_plan
+from paqbench.planner import StepSpec, build_plan
 from paqbench.registry import get_registry
 from paqbench.suite import SuiteError, load_suite
 from tests.helpers import TINY_SUITE, paqbench, write_suite
@@ -20,8 +20,8 @@ def problems_of(path) -> list[str]:
 def test_valid_suite_expands_sweep_with_baseline_first(tmp_path):
     plan = build_plan(load_suite(write_suite(tmp_path, TINY_SUITE)), get_registry())
     assert [r.name for r in plan.runs] == ["baseline", "magnitude[sparsity=0.25]", "magnitude[sparsity=0.5]"]
-    assert plan.runs[1].steps == [{"method": "magnitude", "params": {
-        "sparsity": 0.25, "pattern": None, "targets": None, "scope": "layer"}}]
+    assert plan.runs[1].steps == [StepSpec("magnitude", {
+        "sparsity": 0.25, "pattern": None, "targets": None, "scope": "layer"})]
     assert plan.runs[0].steps == []
     assert len({r.config_hash for r in plan.runs}) == 3
 

@@ -160,7 +160,7 @@ def _search(low, high, tol=1.0, integer=False, find="largest", bound=None, max_p
 
 def _evaluate(function, param="x"):
     def evaluate(spec):
-        value = function(spec.steps[0]["params"][param])
+        value = function(spec.steps[0].params[param])
         return {"status": "ok", "measurements": [
             {"metric": "damage", "name": "score", "value": value, "unit": "", "better": "lower"}]}
     return evaluate

@@ -50,11 +50,11 @@ def _plan_text(plan) -> str:
     rows = []
     for index, run in enumerate(plan.runs, start=1):
         steps = " -> ".join(
-            s["method"] + "(" + ", ".join(f"{k}={v}" for k, v in s["params"].items() if v is not None) + ")"
+            s.method + "(" + ", ".join(f"{k}={v}" for k, v in s.params.items() if v is not None) + ")"
             for s in run.steps
         ) or "(uncompressed)"
         rows.append([index, run.name, steps, run.config_hash])
-    metrics = ", ".join(m["name"] for m in plan.runs[0].metrics) or "(none)"
+    metrics = ", ".join(m.name for m in plan.runs[0].metrics) or "(none)"
     text = (
         f"suite {plan.suite_name}: {len(plan.runs)} runs of model {plan.runs[0].model['source']} "
         f"({plan.runs[0].model_source}); metrics: {metrics}\n"

@@ -28,13 +28,33 @@ BASELINE = "baseline"
 
 
 @dataclass
+class StepSpec:
+    """One method step of a run: the registered method and its validated parameters
+    (``Params.model_dump(mode="json")``, so the step crosses a process boundary as is)."""
+
+    method: str
+    params: dict[str, Any]
+
+
+@dataclass
+class MetricSpec:
+    """One metric of a run: the registered metric and its validated parameters."""
+
+    name: str
+    params: dict[str, Any]
+
+
+@dataclass
 class RunSpec:
-    """One run, fully resolved and JSON-serialisable (it crosses a process boundary)."""
+    """One run, fully resolved and JSON-serialisable (it crosses a process boundary).
+
+    ``steps`` and ``metrics`` are typed specs; given as dicts (``to_dict`` output, read
+    back from a child process or results.jsonl) they are converted on construction."""
 
     name: str
     pipeline: str
-    steps: list[dict[str, Any]]
-    metrics: list[dict[str, Any]]
+    steps: list[StepSpec]
+    metrics: list[MetricSpec]
     model: dict[str, Any]
     model_source: str
     calibration: dict[str, Any]
@@ -46,12 +66,16 @@ class RunSpec:
     export: list[str] = field(default_factory=list)  # export targets (docs/export.md)
     export_check: dict[str, Any] | None = None
 
+    def __post_init__(self) -> None:
+        self.steps = [s if isinstance(s, StepSpec) else StepSpec(**s) for s in self.steps]
+        self.metrics = [m if isinstance(m, MetricSpec) else MetricSpec(**m) for m in self.metrics]
+
     @property
     def config_hash(self) -> str:
         """Hash of everything that changes the results (not the timeout)."""
         payload = {
-            "steps": self.steps,
-            "metrics": self.metrics,
+            "steps": [asdict(s) for s in self.steps],
+            "metrics": [asdict(m) for m in self.metrics],
             "model": self.model,
             "calibration": self.calibration if self.steps else None,
             "seed": self.seed,
@@ -95,8 +119,8 @@ class SearchSpec:
 
     def probe(self, value: float) -> RunSpec:
         value = int(value) if self.integer else float(value)
-        steps = [{"method": s["method"], "params": dict(s["params"])} for s in self.template.steps]
-        steps[self.step]["params"][self.param] = value
+        steps = [StepSpec(s.method, dict(s.params)) for s in self.template.steps]
+        steps[self.step].params[self.param] = value
         sweep = {**self.template.sweep, self.label: value}
         data = {**asdict(self.template), "steps": steps, "sweep": sweep, "search": self.name,
                 "name": f"{self.pipeline}[{_sweep_label(sweep)}]"}
@@ -157,7 +181,7 @@ def build_plan(loaded: LoadedSuite, registry: Registry, overrides: Overrides | N
         _check_offload(loaded, registry, specs, problems)
     data: list[str] = []
     if not problems:
-        calibrates = any(registry.method(step["method"]).needs_calibration for spec in specs for step in spec.steps)
+        calibrates = any(registry.method(step.method).needs_calibration for spec in specs for step in spec.steps)
         data = _data_origins(loaded, registry, metrics, calibrates, problems)
     if problems:
         raise SuiteError(problems)
@@ -192,7 +216,7 @@ def _check_calibration_and_reporters(loaded: LoadedSuite, registry: Registry, pr
         _check_name(loaded, registry, "reporters", reporter, ("reporters", index), problems)
 
 
-def _resolve_metrics(loaded: LoadedSuite, registry: Registry, problems: list[Problem]) -> list[dict[str, Any]]:
+def _resolve_metrics(loaded: LoadedSuite, registry: Registry, problems: list[Problem]) -> list[MetricSpec]:
     """Each metric with its validated parameters; the datasets they name are checked."""
     metrics = []
     for index, metric in enumerate(loaded.suite.metrics):
@@ -203,7 +227,7 @@ def _resolve_metrics(loaded: LoadedSuite, registry: Registry, problems: list[Pro
         params = _validate_params(loaded, cls, metric.params, (*path, "params"), problems)
         if params is None:
             continue
-        metrics.append({"name": metric.name, "params": params})
+        metrics.append(MetricSpec(metric.name, params))
         if isinstance(params.get("dataset"), str):
             for name, message in dataset_problems(registry, params["dataset"], params.get("split"),
                                                   params.get("seqlen")):
@@ -252,7 +276,7 @@ def _check_offload(loaded: LoadedSuite, registry: Registry, specs: list[RunSpec]
     refused: set[str] = set()
     for spec in specs:
         for step in spec.steps:
-            name = step["method"]
+            name = step.method
             if name in refused or registry.method(name).supports_offload:
                 continue
             refused.add(name)
@@ -264,13 +288,13 @@ def _check_offload(loaded: LoadedSuite, registry: Registry, specs: list[RunSpec]
 
 
 def _check_engine_exports(
-    loaded: LoadedSuite, metrics: list[dict[str, Any]], runs: list[RunSpec], problems: list[Problem]
+    loaded: LoadedSuite, metrics: list[MetricSpec], runs: list[RunSpec], problems: list[Problem]
 ) -> None:
     """A metric with an engine ``backend`` times a run's export: every run must write it."""
     from paqbench.engines import missing_exports
 
     for index, metric in enumerate(metrics):
-        backend = metric["params"].get("backend")
+        backend = metric.params.get("backend")
         if not isinstance(backend, str):
             continue
         lacking = [spec.name for spec in runs if missing_exports(backend, spec.export)]
@@ -284,7 +308,7 @@ def _check_engine_exports(
 
 
 def _data_origins(
-    loaded: LoadedSuite, registry: Registry, metrics: list[dict[str, Any]], calibrates: bool, problems: list[Problem]
+    loaded: LoadedSuite, registry: Registry, metrics: list[MetricSpec], calibrates: bool, problems: list[Problem]
 ) -> list[str]:
     """One line per dataset the runs read: offline (where) or downloaded from the hub.
 
@@ -300,14 +324,14 @@ def _data_origins(
         origin = open_dataset(registry, calibration.dataset).origin(calibration.split)
         needed.append((("calibration", "dataset"), f"calibration {calibration.dataset}/{calibration.split}", origin))
     for index, metric in enumerate(metrics):
-        params, path = metric["params"], ("metrics", index, "params")
+        params, path = metric.params, ("metrics", index, "params")
         if isinstance(params.get("dataset"), str):
             origin = open_dataset(registry, params["dataset"]).origin(params.get("split") or "test")
-            label = f"metric {metric['name']} {params['dataset']}/{params.get('split')}"
+            label = f"metric {metric.name} {params['dataset']}/{params.get('split')}"
             needed.append(((*path, "dataset"), label, origin))
-        cls = registry.metric(metric["name"])
+        cls = registry.metric(metric.name)
         for field_name, origin in cls.data_origins(cls.Params.model_validate(params)):
-            needed.append(((*path, field_name), f"metric {metric['name']}", origin))
+            needed.append(((*path, field_name), f"metric {metric.name}", origin))
     lines = []
     for path, label, origin in needed:
         if origin is None:
@@ -480,7 +504,7 @@ Axis = tuple[int, str, list[Any]]  # (step index, parameter, swept values)
 
 def _expand_pipeline(
     loaded: LoadedSuite, registry: Registry, index: int, problems: list[Problem], metric_names: set[str]
-) -> list[tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any] | None]]:
+) -> list[tuple[list[StepSpec], dict[str, Any], dict[str, Any] | None]]:
     """All (steps, swept values, threshold search or None) combinations of one pipeline."""
     pipeline = loaded.suite.pipelines[index]
     classes, axes = _step_classes_and_axes(loaded, registry, index, problems)
@@ -550,7 +574,7 @@ def _axis_counts(axes: list[Axis], search: dict[str, Any] | None) -> dict[str, i
 def _combination(
     loaded: LoadedSuite, index: int, classes: list[Any], chosen: dict[tuple[int, str], Any],
     counts: dict[str, int], search: dict[str, Any] | None, problems: list[Problem],
-) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+) -> tuple[list[StepSpec], dict[str, Any]] | None:
     """The validated steps and swept values of one combination; None after a problem."""
     pipeline = loaded.suite.pipelines[index]
     steps = []
@@ -569,7 +593,7 @@ def _combination(
         validated = _validate_params(loaded, cls, params, path, problems)
         if validated is None:
             return None
-        steps.append({"method": step.method, "params": validated})
+        steps.append(StepSpec(step.method, validated))
     return steps, sweep
 
 

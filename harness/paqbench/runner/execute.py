@@ -136,19 +136,19 @@ def _execute(spec: RunSpec, registry: Registry, result: RunResult, scratch: Path
     ctx._teacher_loader = lambda: source.load(model_config, ctx)[0]
 
     for index, step in enumerate(spec.steps, start=1):
-        cls = registry.method(step["method"])
-        ctx.current_step = f"{index} ({step['method']})"
+        cls = registry.method(step.method)
+        ctx.current_step = f"{index} ({step.method})"
         logger.info("%s: step %s", spec.name, ctx.current_step)
-        phase(f"step {index}/{len(spec.steps)} {step['method']}")
+        phase(f"step {index}/{len(spec.steps)} {step.method}")
         began = time.perf_counter()
-        record = PhaseRecord(step["method"], 0.0, params=step["params"])
+        record = PhaseRecord(step.method, 0.0, params=step.params)
         result.steps.append(record)
         try:
             if offload_of(model) is not None and not cls.supports_offload:
-                raise ValueError(f"method {step['method']!r} needs the whole model in memory and cannot run with "
+                raise ValueError(f"method {step.method!r} needs the whole model in memory and cannot run with "
                                  "model.offload: disk")
             with PeakMemory(device) as peak:
-                info = cls().apply(model, cls.Params.model_validate(step["params"]), ctx)
+                info = cls().apply(model, cls.Params.model_validate(step.params), ctx)
         except Exception as exc:
             record.wall_s = time.perf_counter() - began
             record.error = f"{type(exc).__name__}: {exc}"
@@ -158,7 +158,7 @@ def _execute(spec: RunSpec, registry: Registry, result: RunResult, scratch: Path
             if isinstance(exc, Unavailable):  # a missing peer: every metric says why, not only the error
                 record.info = {"unavailable": str(exc)}
                 result.measurements.extend(
-                    Measurement.unavailable_because(m["name"], "*", "", f"step {ctx.current_step}: {exc}").to_dict()
+                    Measurement.unavailable_because(m.name, "*", "", f"step {ctx.current_step}: {exc}").to_dict()
                     for m in spec.metrics
                 )
             return
@@ -172,30 +172,30 @@ def _execute(spec: RunSpec, registry: Registry, result: RunResult, scratch: Path
 
     failures = []
     for metric in spec.metrics:
-        cls = registry.metric(metric["name"])
-        logger.info("%s: measuring %s", spec.name, metric["name"])
-        phase(f"metric {metric['name']}")
+        cls = registry.metric(metric.name)
+        logger.info("%s: measuring %s", spec.name, metric.name)
+        phase(f"metric {metric.name}")
         began = time.perf_counter()
-        record = PhaseRecord(metric["name"], 0.0, params=metric["params"])
+        record = PhaseRecord(metric.name, 0.0, params=metric.params)
         result.metrics.append(record)
         if offload_of(model) is not None and not cls.supports_offload:
-            reason = (f"the model's weights are left on disk (model.offload: disk) and {metric['name']} needs the "
+            reason = (f"the model's weights are left on disk (model.offload: disk) and {metric.name} needs the "
                       "whole model in memory; perplexity runs block by block")
-            result.measurements.append(Measurement.unavailable_because(metric["name"], "*", "", reason).to_dict())
+            result.measurements.append(Measurement.unavailable_because(metric.name, "*", "", reason).to_dict())
             record.info = {"unavailable": reason}
             continue
         try:
             with PeakMemory(device) as peak:
-                for measurement in cls().measure(model, cls.Params.model_validate(metric["params"]), ctx):
-                    result.measurements.append(_checked(measurement, metric["name"]))
+                for measurement in cls().measure(model, cls.Params.model_validate(metric.params), ctx):
+                    result.measurements.append(_checked(measurement, metric.name))
         except Unavailable as exc:
             result.measurements.append(
-                Measurement.unavailable_because(metric["name"], "*", "", str(exc)).to_dict()
+                Measurement.unavailable_because(metric.name, "*", "", str(exc)).to_dict()
             )
             record.info = {"unavailable": str(exc)}
         except Exception as exc:
             record.error = f"{type(exc).__name__}: {exc}"
-            failures.append((metric["name"], exc))
+            failures.append((metric.name, exc))
         else:
             record.memory = peak.peak.to_dict()
         record.wall_s = time.perf_counter() - began
