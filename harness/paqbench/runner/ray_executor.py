@@ -162,8 +162,8 @@ def task_resources(resources: RayResources | None) -> dict[str, Any]:
 
 def check_resources(ray: Any, resources: RayResources | None) -> None:
     """Refuse resources that no live node has: Ray would otherwise wait for them forever."""
-    wanted = {"CPU": (resources or RayResources()).num_cpus, "GPU": (resources or RayResources()).num_gpus,
-              "memory": (resources or RayResources()).memory or 0}
+    resources = resources or RayResources()
+    wanted = {"CPU": resources.num_cpus, "GPU": resources.num_gpus, "memory": resources.memory or 0}
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     if any(all(node.get(key, 0) >= amount for key, amount in wanted.items()) for node in nodes):
         return
