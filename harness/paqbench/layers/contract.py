@@ -79,8 +79,9 @@ class CompressedLayer(nn.Module):
     #: True for a wrapper around another layer (structured pruning): not a target, and its
     #: accounting is its inner layer's, counted there.
     container: ClassVar[bool] = False
-    #: The forward path in use: "reference" (dequantize, then the float op) or a kernel's name.
-    kernel: str = REFERENCE_KERNEL
+    #: The forward path in use: "reference" (dequantize, then the float op) or a kernel's name
+    #: (None for a layer with no matmul path, such as a token table).
+    kernel: str | None = REFERENCE_KERNEL
 
     in_features: int
     out_features: int
@@ -343,7 +344,8 @@ def kernels_in_use(model: nn.Module) -> dict[str, int]:
     path on the first call with a given activation dtype."""
     counts: dict[str, int] = {}
     for module in accounted_layers(model):
-        counts[module.kernel] = counts.get(module.kernel, 0) + 1
+        if isinstance(module.kernel, str):  # None: no matmul path (a token table's gather)
+            counts[module.kernel] = counts.get(module.kernel, 0) + 1
     return dict(sorted(counts.items()))
 
 

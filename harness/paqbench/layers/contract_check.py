@@ -203,6 +203,14 @@ def _exported_values(layer: CompressedLayer, target: str, how: str) -> torch.Ten
     """The weight decoded from what the exporter writes for an ``exact`` layer."""
     from paqbench.export.grid import grid_of
 
+    if target == "compressed-tensors" and how.startswith("float-quantized"):
+        from paqbench.export.compressed.float8 import fp8_scheme, fp8_tensors
+
+        scheme = fp8_scheme(layer)
+        if scheme is None:
+            raise _fail(layer, f"export to compressed-tensors declares exact {how!r} but has no E4M3 weight")
+        tensors = fp8_tensors(layer, scheme)
+        return tensors["weight"].float() * tensors["weight_scale"].float()
     grid = grid_of(layer)
     if target == "gguf":
         import gguf

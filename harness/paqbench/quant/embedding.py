@@ -61,6 +61,7 @@ class QuantizedEmbedding(CompressedLayer):
     description = "Token table as packed integer codes with fp16 scales and zero points; rows dequantized on gather."
     paqbench_layer_kind = "quantized-embedding"
     state_marker = "emeta"
+    kernel = None  # a gather, not a matmul: no kernel to choose (kernels_in_use skips it)
 
     def __init__(
         self,
