@@ -116,7 +116,7 @@ def plugin_distribution(plugin_name: str) -> tuple[str, str | None]:
     """Which distribution (and version) a loaded plugin came from."""
     if plugin_name in _DISTRIBUTIONS:
         return _DISTRIBUTIONS[plugin_name]
-    if plugin_name.startswith("paqbench."):
+    if plugin_name.startswith(("paqbench.", "paqbench_plugins.")):  # the built-ins ship with paqbench
         from paqbench import __version__
 
         return ("paqbench", __version__)
