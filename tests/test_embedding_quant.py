@@ -99,8 +99,10 @@ def test_table_codes_round_trip_and_lie_within_half_a_step(make_context, bits, s
     assert torch.equal(embed.unpack_codes(), reference.codes)
     assert torch.equal(embed.unpack_zeros(), reference.zeros)
     assert torch.equal(embed.scales, reference.scales)
-    step = embed.scales.float().index_select(1, embed.g_idx.long())
-    assert float(((table - embed.dequantize()).abs() / (step / 2)).max()) <= 1 + 1e-4
+    step = embed.scales.float().abs().index_select(1, embed.g_idx.long())
+    # symmetric: llama.cpp's Q4_0 rule clips the short side by up to one step (quantizer.py)
+    bound = 2 * (1 + (1 << (bits - 1)) * 2.0**-11) if symmetric else 1 + 1e-4
+    assert float(((table - embed.dequantize()).abs() / (step / 2)).max()) <= bound
     padding = embed.padding_idx
     assert padding is not None and bool((table[padding] == 0).all())
     assert bool((embed.dequantize()[padding] == 0).all())  # exact zeros stay exactly zero

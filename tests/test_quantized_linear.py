@@ -28,18 +28,46 @@ def linear(in_features: int = 576, out_features: int = 96, bias: bool = False, s
 
 def half_step_violation(layer: QuantizedLinear, weight: torch.Tensor) -> float:
     """Largest |w - deq| in units of half a quantization step of w's own group (<= 1 ok)."""
-    step = layer.scales.float().index_select(1, layer.g_idx.long())
+    step = layer.scales.float().abs().index_select(1, layer.g_idx.long())
     return float(((weight - layer.dequantize()).abs() / (step / 2)).max())
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-@pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("group_size", [128, -1, 32])
-def test_dequantized_weights_are_within_half_a_step(bits, symmetric, group_size):
+def test_dequantized_weights_are_within_half_a_step(bits, group_size):
     source = linear()
-    layer = QuantizedLinear.from_linear(source, QuantConfig(bits, group_size, symmetric))
+    layer = QuantizedLinear.from_linear(source, QuantConfig(bits, group_size, symmetric=False))
     assert half_step_violation(layer, source.weight.detach()) <= 1 + 1e-4
     assert layer.unpack_codes().max() <= (1 << bits) - 1
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("group_size", [64, -1, 32])
+def test_symmetric_grid_is_llama_cpp_q4_0_rule(bits, group_size):
+    """scale = m / -mid with m the signed weight of largest magnitude (llama.cpp's
+    d = max / -8): m gets code 0 (value -mid * scale = m, up to the float16 scale), the step
+    is max|w| / mid, weights within the grid are within half a step, and only weights on
+    the short side beyond (mid - 1) * |scale| clip, by at most one step (plus mid times the
+    float16 rounding of the scale, 2**-11 relative)."""
+    source = linear()
+    weight = source.weight.detach()
+    config = QuantConfig(bits, group_size, symmetric=True)
+    layer = QuantizedLinear.from_linear(source, config)
+    mid = 1 << (bits - 1)
+    width = 576 if group_size == -1 else group_size
+    groups = weight.view(96, -1, width)
+    extreme = groups.gather(2, groups.abs().argmax(dim=2, keepdim=True)).squeeze(2)  # signed
+    expected = (extreme / -mid).half()
+    assert torch.equal(layer.scales, expected)
+    assert bool((layer.unpack_zeros() == mid).all())
+    codes = layer.unpack_codes().view(96, -1, width)
+    assert bool((codes.gather(2, groups.abs().argmax(dim=2, keepdim=True)) == 0).all())
+    deq, scale = layer.dequantize(), layer.scales.float().abs().repeat_interleave(width, dim=1)
+    inside = weight.abs() <= (mid - 0.5) * scale
+    error = (weight - deq).abs()
+    assert bool((error[inside] <= scale[inside] / 2 * (1 + 1e-3)).all())
+    assert bool((error <= scale * (1 + mid * 2.0**-11)).all())
+    assert half_step_violation(layer, weight) <= 2 * (1 + mid * 2.0**-11)
 
 
 def test_a_width_the_group_size_does_not_divide_gets_a_shorter_last_group():

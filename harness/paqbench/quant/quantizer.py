@@ -10,13 +10,20 @@ Conventions shared by every quantization method in paqbench (and by
   the zero point is an integer code), so pruned weights can be stored as the zero code
   and dequantize to exactly 0.0: this is what lets pruning and quantization compose in
   any order.
-- Asymmetric: ``scale = (max - min) / maxq``, ``zero = round(-min / scale)``.
-  Symmetric: ``scale = 2 * max|w| / maxq``, ``zero = 2**(bits-1)`` (the mid code), as in
-  the GPTQ reference code. Either way a weight inside the range is at most half a step
-  from its grid point.
-- Scales are stored as float16, rounded *up* so the grid still spans the whole range;
-  codes are computed with the stored scale, so what is saved is exactly what was
-  optimised.
+- Asymmetric: ``scale = (max - min) / maxq``, ``zero = round(-min / scale)``; every weight
+  is at most half a step from its grid point. Scales are stored as float16, rounded *up*
+  so the grid still spans the whole range.
+- Symmetric: ``zero = 2**(bits-1)`` (the mid code, so values are ``k * scale`` with ``k`` in
+  ``[-2**(bits-1), 2**(bits-1) - 1]``) and ``scale = m / -2**(bits-1)`` where ``m`` is the
+  group's weight of largest magnitude *with its sign* (llama.cpp's Q4_0 rule,
+  ``d = max / -8``): that weight lands exactly on the extra negative code, the step is
+  ``max|w| / 2**(bits-1)``, and the scale is negative when ``m`` is positive. The scale is
+  stored as float16 rounded to nearest (as llama.cpp stores ``d``). A weight on the other
+  side beyond ``(2**(bits-1) - 1) * |scale|`` clips to it (at most one step of error);
+  all others are within half a step. At 4 bits this cut the relative weight MSE of the
+  embedded SmolLM2's decoder Linears by 14-23% against the previous ``2 * max|w| / maxq``
+  (GPTQ reference code; llm-compressor's ``max|w| / 7.5``), and the GGUF Q4_0 export now
+  holds what llama.cpp's own quantizer would write (docs/methods.md, rtn).
 - Groups are contiguous runs of ``group_size`` input columns, the last one shorter when
   ``group_size`` does not divide the width (576 columns at group size 128 = 4 groups of
   128 and one of 64); ``group_size = -1`` is one group per output channel. ``g_idx``
@@ -104,21 +111,32 @@ def minmax_params(
     minimum: torch.Tensor, maximum: torch.Tensor, bits: int, symmetric: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale (float32 holding float16-representable values) and zero point (float32
-    holding integer codes) of the grid covering ``[minimum, maximum] ∪ {0}``."""
+    holding integer codes) of the grid covering ``[minimum, maximum] ∪ {0}`` (symmetric:
+    llama.cpp's Q4_0 rule, whose short side may clip; see the module docstring)."""
     maxq = (1 << bits) - 1
     lo = torch.clamp(minimum.float(), max=0.0)
     hi = torch.clamp(maximum.float(), min=0.0)
     if symmetric:
-        hi = torch.maximum(-lo, hi)
-        lo = -hi
+        return _symmetric_params(lo, hi, bits)
     empty = (lo == 0) & (hi == 0)
     lo = torch.where(empty, torch.full_like(lo, -1.0), lo)
     hi = torch.where(empty, torch.full_like(hi, 1.0), hi)
     scale = _round_up_to_storage((hi - lo) / maxq)
-    # symmetric: the mid code; asymmetric: the code of 0.0 on the grid starting at lo
-    mid = torch.full_like(scale, float((maxq + 1) // 2))
-    zero = mid if symmetric else torch.round(-lo / scale).clamp(0, maxq)
+    zero = torch.round(-lo / scale).clamp(0, maxq)  # the code of 0.0 on the grid starting at lo
     return scale, zero
+
+
+def _symmetric_params(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """llama.cpp's Q4_0 rule for any width: ``scale = m / -mid`` with ``m`` the signed
+    value of largest magnitude (a tie takes the negative one: a positive scale), rounded to
+    the nearest float16 of magnitude >= 2**-24; an all-zero group gets ``1 / mid``."""
+    mid = float(1 << (bits - 1))
+    signed = torch.where(-lo >= hi, lo, hi)
+    signed = torch.where(signed == 0, torch.full_like(signed, -1.0), signed)
+    scale = (signed / -mid).to(SCALE_DTYPE).float()
+    tiny = scale.abs() < _MIN_SCALE
+    scale = torch.where(tiny, torch.copysign(torch.full_like(scale, _MIN_SCALE), scale), scale)
+    return scale, torch.full_like(scale, mid)
 
 
 def _round_up_to_storage(scale: torch.Tensor) -> torch.Tensor:
