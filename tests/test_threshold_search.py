@@ -40,7 +40,8 @@ class SetKnob(Method):
 
 
 class DamageParams(Params):
-    scale: float = Field(100.0, description="damage = scale * x**2 + n")
+    scale: float = Field(100.0, description="damage = scale * x**2 + n + offset")
+    offset: float = Field(0.0, description="the damage of the untouched model")
 
 
 class Damage(Metric):
@@ -50,7 +51,7 @@ class Damage(Metric):
 
     def measure(self, model, params, ctx):
         x, n = getattr(model, "_knob", (0.0, 0))
-        yield self.make("score", params.scale * x * x + n, unit="", better="lower")
+        yield self.make("score", params.scale * x * x + n + params.offset, unit="", better="lower")
 
 
 class Plugin:
@@ -215,7 +216,7 @@ def _problems(tmp_path, registry, text):
     (lambda s: s.replace("metric: damage/score", "metric: perplexity/embedded"),
      "bad.yaml:10: pipelines[0].objective.metric: metric 'perplexity' is not measured by this suite"),
     (lambda s: s.replace("max: 25", "max: 25, min: 1"),
-     "bad.yaml:10: pipelines[0].objective: give exactly one of max or min"),
+     "bad.yaml:10: pipelines[0].objective: give exactly one of max, min or min_recovery"),
     (lambda s: s.replace("low: 0.0, high: 0.9", "low: 0.9, high: 0.1"),
      "bad.yaml:9: pipelines[0].steps[0].set-knob.x.search: low must be less than high"),
     (lambda s: s.replace("tol: 0.05", "tolerance: 0.05"),
@@ -244,3 +245,31 @@ def test_search_with_a_sweep_searches_each_combination(tmp_path, registry):
     assert first.answer == 0.478125
     # 100 x^2 + 9 <= 25  <=>  x <= 0.4
     assert second.bracket[0] <= 0.4 < second.bracket[1] and second.answer == second.bracket[0]
+
+
+# -- recovery objective: percent of the baseline run's value ------------------------------------
+
+
+def test_min_recovery_bounds_the_percentage_of_the_baseline():
+    """damage = 10 + 100 x^2 against a baseline of 10: recovery 10 / damage >= 80%
+    <=> x <= sqrt(0.025) = 0.1581."""
+    baseline = {"status": "ok", "measurements": [
+        {"metric": "damage", "name": "score", "value": 10.0, "unit": "", "better": "lower"}]}
+    search = _search(0.0, 0.9, tol=1e-3, bound={"min_recovery": 80}, max_probes=30)
+    outcome = bisect(search, _evaluate(lambda x: 10 + 100 * x * x), baseline)
+    assert outcome.status == "done" and outcome.bracket[0] <= 0.025 ** 0.5 <= outcome.bracket[1]
+    assert outcome.probes[0].measured == pytest.approx(100.0) and outcome.probes[1].measured < 80
+    assert "recovery >= 80%" in outcome.summary()
+    alone = bisect(search, _evaluate(lambda x: 10 + 100 * x * x))
+    assert alone.status == "failed" and "baseline run's result" in alone.reason
+
+
+def test_min_recovery_search_runs_end_to_end(tmp_path, registry):
+    text = SEARCH_SUITE.replace("  - damage\n", "  - damage: {offset: 10}\n").replace(
+        "objective: {metric: damage/score, max: 25}", "objective: {metric: damage/score, min_recovery: 80}")
+    out = tmp_path / "out"
+    summary = run_plan(_plan(tmp_path, registry, text), out, registry=registry, isolation="in-process",
+                       echo=lambda m: None)
+    (outcome,) = summary.searches
+    assert outcome.status == "done" and outcome.bracket[0] <= 0.025 ** 0.5 <= outcome.bracket[1]
+    assert build_report(out).searches[0]["answer"] == outcome.answer  # the report replays it with the baseline

@@ -125,6 +125,7 @@ def _replay_searches(
 
     out = []
     seen = {r["id"] for r in runs}
+    baseline = next((r for r in runs if r.get("pipeline") == "baseline"), None)
     for data in manifest.get("searches") or []:
         search = SearchSpec.from_dict(data)
 
@@ -138,7 +139,7 @@ def _replay_searches(
                 runs.append(entry)
             return entry
 
-        outcome = bisect(search, evaluate)
+        outcome = bisect(search, evaluate, baseline)
         if outcome.status == "incomplete":
             missing.append(f"{search.name} (threshold search; next probe {outcome.probes[-1].run})")
         out.append(outcome.to_dict())

@@ -7,16 +7,20 @@ recorded ones on resume) and the report rebuilds the same answer from results.js
 alone. It assumes the metric worsens monotonically as the parameter moves away from the
 feasible end (more sparsity, more damage); one probe per halving, so ``tol`` and the
 range set the cost: about ``2 + log2((high - low) / tol)`` runs.
+
+An objective ``min_recovery`` bounds the probe's value as a percentage of the baseline
+run's (:func:`paqbench.report.noise.recovery`, direction-aware); the caller passes the
+baseline's run entry to :func:`bisect`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from paqbench.planner import RunSpec, SearchSpec
+from paqbench.planner import BASELINE, RunSpec, SearchSpec
 
 SearchStatus = Literal["done", "incomplete", "failed"]
 
@@ -53,7 +57,10 @@ class SearchOutcome:
 
     def summary(self) -> str:
         o = self.objective
-        bound = f"<= {o['max']:g}" if o.get("max") is not None else f">= {o['min']:g}"
+        if o.get("min_recovery") is not None:
+            bound = f"recovery >= {o['min_recovery']:g}%"
+        else:
+            bound = f"<= {o['max']:g}" if o.get("max") is not None else f">= {o['min']:g}"
         head = f"{self.name}: {o.get('find', 'largest')} {self.parameter} with {o['metric']} {bound}"
         if self.status != "done":
             return f"{head}: {self.status} ({self.reason})"
@@ -80,7 +87,45 @@ def objective_value(entry: dict[str, Any], metric_key: str) -> tuple[float | Non
     return None, f"the run measured no {metric_key!r} (measurements of {metric}: {', '.join(same) or 'none'})"
 
 
+def _better(entry: dict[str, Any], metric_key: str) -> str | None:
+    from paqbench.compare.core import measurement_key
+
+    return next((m.get("better") for m in entry.get("measurements") or [] if measurement_key(m) == metric_key), None)
+
+
+def objective_measure(
+    entry: dict[str, Any], objective: dict[str, Any], baseline: dict[str, Any] | None
+) -> tuple[float | None, str]:
+    """What the objective bounds: the measurement itself, or with ``min_recovery`` its
+    recovery in percent of ``baseline``'s (the baseline run's entry); None with why."""
+    key = objective["metric"]
+    value, why = objective_value(entry, key)
+    if value is None or objective.get("min_recovery") is None:
+        return value, why
+    if baseline is None or baseline.get("status") != "ok":
+        return None, "the recovery objective needs the baseline run's result, which is not recorded"
+    base, why = objective_value(baseline, key)
+    if base is None:
+        return None, f"baseline: {why}"
+    from paqbench.report.noise import recovery
+
+    share = recovery(value, base, _better(entry, key))
+    if share is None:
+        return None, f"no recovery of {key}: it has no direction, or the baseline's value is 0"
+    return share * 100, ""
+
+
+def baseline_entry(specs: Iterable[RunSpec], latest: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The recorded run entry of the plan's baseline run (``latest``: config hash -> RunResult), or None."""
+    for spec in specs:
+        if spec.pipeline == BASELINE and spec.config_hash in latest:
+            return latest[spec.config_hash].to_dict()
+    return None
+
+
 def is_feasible(value: float, objective: dict[str, Any]) -> bool:
+    if objective.get("min_recovery") is not None:
+        return value >= objective["min_recovery"]
     if objective.get("max") is not None:
         return value <= objective["max"]
     return value >= objective["min"]
@@ -89,10 +134,11 @@ def is_feasible(value: float, objective: dict[str, Any]) -> bool:
 Evaluate = Callable[[RunSpec], "dict[str, Any] | None"]
 
 
-def bisect(search: SearchSpec, evaluate: Evaluate) -> SearchOutcome:
+def bisect(search: SearchSpec, evaluate: Evaluate, baseline: dict[str, Any] | None = None) -> SearchOutcome:
     """Run the search, asking ``evaluate(spec)`` for each probe's run entry (a dict with
     ``status`` and ``measurements``; None when it is not available, which leaves the
-    search incomplete)."""
+    search incomplete). ``baseline``: the baseline run's entry, for a ``min_recovery``
+    objective."""
     objective = search.objective
     largest = objective.get("find", "largest") == "largest"
     outcome = SearchOutcome(
@@ -113,7 +159,7 @@ def bisect(search: SearchSpec, evaluate: Evaluate) -> SearchOutcome:
             message = ((entry.get("error") or {}).get("message") or "failed").splitlines()[0]
             outcome.status, outcome.reason = "failed", f"probe {spec.name} failed: {message}"
             return None
-        measured, why = objective_value(entry, objective["metric"])
+        measured, why = objective_measure(entry, objective, baseline)
         if measured is None or math.isnan(measured):
             outcome.probes.append(Probe(value, spec.name, spec.config_hash, "ok", measured))
             outcome.status, outcome.reason = "failed", f"probe {spec.name}: {why or 'NaN'}"

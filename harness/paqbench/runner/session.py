@@ -17,7 +17,7 @@ from paqbench.fsio import OutputError
 from paqbench.planner import Plan, RunSpec
 from paqbench.registry import Registry
 from paqbench.runner.result import RunResult
-from paqbench.runner.search import SearchOutcome, bisect
+from paqbench.runner.search import SearchOutcome, baseline_entry, bisect
 from paqbench.runner.store import ResultStore
 from paqbench.suite.schema import RunnerConfig
 
@@ -144,7 +144,7 @@ def _run_plan(plan: Plan, output_dir: Path, registry: Registry, isolation: str, 
                     return recorded.to_dict()
                 return run_one(spec, label).to_dict()
 
-            outcome = bisect(search, evaluate)
+            outcome = bisect(search, evaluate, baseline_entry(plan.runs, store.latest()))
             summary.searches.append(outcome)
     except KeyboardInterrupt:
         summary.interrupted = True

@@ -133,19 +133,24 @@ class SearchConfig(_Strict):
 
 class ObjectiveConfig(_Strict):
     """The bound a threshold search keeps: ``metric`` (``metric/name`` as in the report)
-    at most ``max`` or at least ``min``."""
+    at most ``max``, at least ``min``, or keeping at least ``min_recovery`` percent of the
+    baseline run's value (direction-aware, as the report's recovery column)."""
 
     metric: str = Field(description="measurement key, metric/name, e.g. perplexity/embedded or race/high/acc")
     max: float | None = Field(None, description="the measurement must stay at or below this")
     min: float | None = Field(None, description="the measurement must stay at or above this")
+    min_recovery: float | None = Field(
+        None, gt=0, description="the measurement must keep at least this percentage of the baseline run's value "
+        "(base/value for lower-is-better metrics such as perplexity, value/base for accuracy)"
+    )
     find: Literal["largest", "smallest"] = Field(
         "largest", description="largest value that keeps the bound (damage grows with the parameter), or smallest"
     )
 
     @model_validator(mode="after")
     def _one_bound(self) -> ObjectiveConfig:
-        if (self.max is None) == (self.min is None):
-            raise ValueError("give exactly one of max or min")
+        if sum(bound is not None for bound in (self.max, self.min, self.min_recovery)) != 1:
+            raise ValueError("give exactly one of max, min or min_recovery")
         return self
 
 
