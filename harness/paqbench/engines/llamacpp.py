@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from paqbench.engines import EngineTiming, EngineUnavailable
+from paqbench.engines.types import EngineTiming, EngineUnavailable
 
 
 class LlamaCppEngine:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from paqbench.engines import INSTALL, EngineTiming, EngineUnavailable
+from paqbench.engines.types import INSTALL, EngineTiming, EngineUnavailable
 
 
 def require_cuda() -> None:
