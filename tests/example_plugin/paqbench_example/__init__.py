@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from pydantic import Field
 
-from paqbench import Method, Metric, Params, hookimpl
+from paqbench import Measurement, Method, Metric, NoParams, Params, RunContext, hookimpl
 from paqbench.layers import check_supported, select_targets
 
 
@@ -26,7 +28,7 @@ class GaussianNoise(Method):
     accepts = frozenset({"dense"})
 
     @torch.no_grad()
-    def apply(self, model, params: NoiseParams, ctx):
+    def apply(self, model: torch.nn.Module, params: NoiseParams, ctx: RunContext) -> dict[str, int]:
         targets = select_targets(model, params.targets)
         check_supported(targets, self.accepts, self.name, ctx.current_step)
         generator = torch.Generator().manual_seed(ctx.seed)
@@ -42,7 +44,7 @@ class WeightNorm(Metric):
     description = "Frobenius norm of all targeted linear weights (a cheap fingerprint of the model)."
 
     @torch.no_grad()
-    def measure(self, model, params, ctx):
+    def measure(self, model: torch.nn.Module, params: NoParams, ctx: RunContext) -> Iterator[Measurement]:
         total = sum(float(m.weight.float().pow(2).sum()) for m in select_targets(model).values())
         yield self.make("frobenius", total**0.5, "", None)
 
