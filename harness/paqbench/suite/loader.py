@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pydantic
 import yaml
+from pydantic import BaseModel
 
 from paqbench.suite.errors import Problem, SuiteError
 from paqbench.suite.schema import Suite
@@ -165,8 +167,6 @@ def _problem_from_pydantic(
         message = f"unknown field {loc[-1]!r}"
         allowed = _allowed_fields(parent)
         if allowed:
-            import difflib
-
             close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
             message += f"; did you mean {close[0]!r}?" if close else ""
             message += f" (allowed: {', '.join(allowed)})"
@@ -212,8 +212,6 @@ def _lookup(raw: Any, loc: tuple[Any, ...]) -> Any:
 
 def _allowed_fields(parent: tuple[Any, ...]) -> list[str]:
     """Field names of the schema model at ``parent`` (for 'did you mean')."""
-    from pydantic import BaseModel
-
     model: Any = Suite
     for part in parent:
         if isinstance(part, int):
