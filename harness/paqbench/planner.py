@@ -18,11 +18,14 @@ from typing import Any
 import pydantic
 
 from paqbench.data.check import dataset_problems
+from paqbench.data.resolve import open_dataset
+from paqbench.data.sources import DATA_DIR_ENV, hub_cached, hub_offline
+from paqbench.engines import missing_exports
 from paqbench.models.resolve import ModelResolutionError, resolve_source
 from paqbench.registry import Registry, UnknownNameError
 from paqbench.suite.errors import Problem, SuiteError
 from paqbench.suite.loader import LoadedSuite
-from paqbench.suite.schema import ModelConfig
+from paqbench.suite.schema import ModelConfig, SearchConfig
 
 BASELINE = "baseline"
 
@@ -291,8 +294,6 @@ def _check_engine_exports(
     loaded: LoadedSuite, metrics: list[MetricSpec], runs: list[RunSpec], problems: list[Problem]
 ) -> None:
     """A metric with an engine ``backend`` times a run's export: every run must write it."""
-    from paqbench.engines import missing_exports
-
     for index, metric in enumerate(metrics):
         backend = metric.params.get("backend")
         if not isinstance(backend, str):
@@ -315,9 +316,6 @@ def _data_origins(
     With HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, data that only the hub has (and that
     is not in the Hugging Face cache) is a problem now, not minutes of retries later.
     """
-    from paqbench.data.resolve import open_dataset
-    from paqbench.data.sources import DATA_DIR_ENV, hub_cached, hub_offline
-
     needed: list[tuple[tuple[str | int, ...], str, Any]] = []
     calibration = loaded.suite.calibration
     if calibrates:
@@ -435,8 +433,6 @@ def _search_axis(
     loaded: LoadedSuite, index: int, classes: list[Any], problems: list[Problem], metric_names: set[str]
 ) -> dict[str, Any] | None:
     """The pipeline's ``{search: ...}`` parameter and objective, checked; None if it has none."""
-    from paqbench.suite.schema import SearchConfig
-
     pipeline = loaded.suite.pipelines[index]
     found = [(i, key, value) for i, step in enumerate(pipeline.steps) for key, value in step.params.items()
              if _is_search(value)]
