@@ -111,8 +111,9 @@ def test_matrix_cell(case, target, tmp_path):
     if target == "gguf":
         pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed; CI installs it")
     ids = window_ids(2, 32)
-    # random weights give near-uniform logits, where float16 rounding flips some ties
-    outcome = export_model(model, byte_tokenizer(), [target], tmp_path, ids=ids, tolerance=Tolerance(0.005, 0.95))
+    # random weights give near-uniform logits, where float16 rounding (and FP8 activations
+    # rounded in float16 by the engine) flips some ties; decisive positions must agree
+    outcome = export_model(model, byte_tokenizer(), [target], tmp_path, ids=ids, tolerance=Tolerance(0.005, 0.85))
     [record] = outcome.records
     assert record.status == "ok", record.reason
     assert {layer.level for layer in record.layers if layer.layer == cls.__name__} <= {c.level for c in cells}
