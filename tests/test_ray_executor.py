@@ -40,6 +40,11 @@ pipelines:
       - magnitude:
           sparsity: {search: {low: 0.2, high: 0.6, tol: 0.4}}
     objective: {metric: params/linear_sparsity, max: 0.9}
+  - name: kept
+    steps:
+      - magnitude:
+          sparsity: {search: {low: 0.1, high: 0.7, tol: 0.6}}
+    objective: {metric: perplexity/embedded, min_recovery: 1}
 runner: {executor: ray}
 """
 
@@ -111,7 +116,7 @@ def test_same_results_as_the_process_runner(tmp_path, cluster):
     # the process runner's in-process mode: the same execute_run and session, without 3 more interpreter starts
     here = run_plan(plan, tmp_path / "here", registry=get_registry(), isolation="in-process", echo=lambda m: None)
 
-    assert not on_ray.interrupted and [r.status for r in on_ray.ran] == ["ok"] * 3
+    assert not on_ray.interrupted and [r.status for r in on_ray.ran] == ["ok"] * 5
     ray_by_id, here_by_id = {r.id: r for r in on_ray.ran}, {r.id: r for r in here.ran}
     assert set(ray_by_id) == set(here_by_id)  # the same runs, by configuration hash
     for run_id, result in ray_by_id.items():
@@ -123,6 +128,7 @@ def test_same_results_as_the_process_runner(tmp_path, cluster):
         assert where["executor"] == "ray" and where["node_id"] and where["pid"] != os.getpid()
     assert [o.to_dict() for o in on_ray.searches] == [o.to_dict() for o in here.searches]
     assert [p.value for p in on_ray.searches[0].probes] == [0.2, 0.6]
+    assert on_ray.searches[1].status == "done" and on_ray.searches[1].probes[0].value == 0.1
 
     # the search's probes ran one after another: the second started after the first ended
     first, second = (f"[search widest] widest[sparsity={v}]" for v in ("0.2", "0.6"))
@@ -133,23 +139,22 @@ def test_same_results_as_the_process_runner(tmp_path, cluster):
     probe_began = next(i for i, m in enumerate(messages) if m.startswith(f"{first}: running on"))
     baseline_ended = next(i for i, m in enumerate(messages) if m.startswith("[1/1] baseline: ok"))
     assert probe_began < baseline_ended, messages
+    # a min_recovery search judges its probes against the baseline, so it waits for the baseline's result
+    kept = "[search kept] kept[sparsity=0.1]: running"
+    recovery_began = next(i for i, m in enumerate(messages) if m.startswith(kept))
+    assert recovery_began > baseline_ended, messages
     assert any(m.startswith("ray: ") and "running" in m and "pending" in m for m in messages)
 
-    report = json.loads(_report(tmp_path / "ray")["report.json"])
+    report = json.loads(_report(tmp_path / "ray", "json"))
     assert all(run["ran_on"]["executor"] == "ray" and run["ran_on"]["node_ip"] for run in report["runs"])
     assert report["environment"]["hostname"]
 
 
-def _report(directory: Path) -> dict[str, str]:
+def _report(directory: Path, reporter: str) -> str:
     from paqbench.report import build_report
 
-    registry = get_registry()
-    report = build_report(directory)
-    for name in ("json", "markdown"):
-        registry.reporter(name)().write(report, directory)
-    md = (directory / "report.md").read_text()
-    assert "ran on node " in md
-    return {"report.json": (directory / "report.json").read_text(), "report.md": md}
+    files = get_registry().reporter(reporter)().write(build_report(directory), directory)
+    return files[0].read_text()
 
 
 def test_killed_raising_and_timed_out_runs_are_recorded_and_the_rest_finish(tmp_path, cluster):
@@ -173,6 +178,9 @@ def test_killed_raising_and_timed_out_runs_are_recorded_and_the_rest_finish(tmp_
     assert 8.0 <= by_name["hangs"].wall_s < 60
     recorded = ResultStore(out).latest()
     assert {r.name: r.status for r in recorded.values()} == {n: r.status for n, r in by_name.items()}
+    md = _report(out, "markdown")
+    node = by_name["baseline"].environment["executor"]["node_ip"]
+    assert f"· ran on node {node} (" in md
 
 
 def _driver_after_first_result(suite: Path, out: Path) -> subprocess.Popen:

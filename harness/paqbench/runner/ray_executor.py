@@ -33,9 +33,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from paqbench.planner import Plan, RunSpec
+from paqbench.planner import BASELINE, Plan, RunSpec
 from paqbench.runner.result import RunResult
-from paqbench.runner.search import SearchOutcome, bisect
+from paqbench.runner.search import SearchOutcome, baseline_entry, bisect
 from paqbench.runner.store import ResultStore
 from paqbench.suite.schema import RayResources, RunnerConfig
 
@@ -278,6 +278,8 @@ class _Driver:
         self.requests: queue.Queue[_Job] = queue.Queue()  # probes asked for by search threads
         self.searches: list[threading.Thread] = []
         self.outcomes: dict[int, SearchOutcome] = {}
+        self.baseline_recorded = threading.Event()  # a min_recovery search needs the baseline's result first
+        self.stopping = False
 
     def run(self) -> None:
         total = len(self.plan.runs)
@@ -288,6 +290,8 @@ class _Driver:
                 self.echo(f"{label}: already recorded ({spec.config_hash}), skipped")
             else:
                 self.board.pending.append(_Job(spec, label))
+        if not any(job.spec.pipeline == BASELINE for job in self.board.pending):
+            self.baseline_recorded.set()
         latest = self.store.latest() if self.reuse else {}
         for index, search in enumerate(self.plan.searches):
             thread = threading.Thread(target=self._search, args=(index, search, latest), daemon=True,
@@ -310,12 +314,19 @@ class _Driver:
                 self.summary.skipped.append(spec)
                 self.echo(f"{label}: already recorded ({spec.config_hash}), reused")
                 return recorded.to_dict()
+            if self.stopping:
+                raise CancelledError
             future: Future = Future()
             self.requests.put(_Job(spec, label, future))
             return future.result().to_dict()  # raises if the driver cancelled it
 
+        if search.objective.get("min_recovery") is not None:
+            self.baseline_recorded.wait()  # its probes are judged against the baseline's measurement
         with contextlib.suppress(CancelledError):  # Ctrl-C: the search is simply unfinished
-            self.outcomes[index] = bisect(search, evaluate)
+            if self.stopping:
+                raise CancelledError
+            baseline = baseline_entry(self.plan.runs, self.store.latest())
+            self.outcomes[index] = bisect(search, evaluate, baseline)
 
     def _loop(self) -> None:
         board, shown = self.board, ""
@@ -377,11 +388,15 @@ class _Driver:
         else:
             message = (result.error or {}).get("message", "unknown error")
             self.echo(f"{label}: FAILED in {result.wall_s:.1f} s: {message}")
+        if flight.job.spec.pipeline == BASELINE:
+            self.baseline_recorded.set()
         if flight.job.future is not None:
             flight.job.future.set_result(result)
 
     def _cancel_all(self) -> None:
         """Ctrl-C: cancel what runs and what waits; finished runs are already recorded."""
+        self.stopping = True
+        self.baseline_recorded.set()  # a search still waiting for it ends instead
         for flight in self.board.flights:
             with contextlib.suppress(Exception):  # already finished or gone
                 self.ray.cancel(flight.stream, force=True)
