@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paqbench.layers import get_mask, layer_kind
+from paqbench.layers import capabilities, get_mask, layer_kind
+from paqbench.layers.contract import FLOAT_WEIGHT
 from paqbench.models.device import input_device
 
 
@@ -78,8 +79,6 @@ class TrainableSet:
             self.parameters[name].mul_(mask.to(self.parameters[name].dtype))
 
 
-TRAINABLE_KINDS = frozenset({"dense", "pruned"})
-
 
 def select_trainable(
     model: nn.Module,
@@ -94,7 +93,7 @@ def select_trainable(
     chosen = TrainableSet()
     for name, module in targets.items():
         kind = layer_kind(module)
-        if kind not in TRAINABLE_KINDS:
+        if FLOAT_WEIGHT not in capabilities(module):  # a packed format has no float weight to train
             chosen.frozen_layers[kind] = chosen.frozen_layers.get(kind, 0) + 1
             continue
         for pname, parameter in module.named_parameters(recurse=False):
