@@ -127,11 +127,14 @@ def test_casting_the_model_keeps_fp8_weights_and_float32_scales():
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
 
 
-def test_export_is_unavailable_with_a_reason():
+def test_export_capability_exact_float_quantized_and_gguf_converted():
+    """compressed-tensors holds E4M3 as it is (tests/test_export_fp8.py round-trips it);
+    GGUF has no FP8 type, so the weight goes out dequantized, with the reason."""
     layer = FP8Linear.from_linear(linear())
-    for target in ("compressed-tensors", "gguf"):
-        cell = capability_of(layer, target)
-        assert cell.level == "unavailable" and cell.reason
+    cell = capability_of(layer, "compressed-tensors")
+    assert cell.level == "exact" and "float-quantized" in cell.how
+    cell = capability_of(layer, "gguf")
+    assert cell.level == "converted" and cell.how == "F16" and "no FP8 tensor type" in cell.reason
 
 
 # ---------------------------------------------------------------------------- the method
