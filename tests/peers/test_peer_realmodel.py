@@ -22,7 +22,7 @@ GPTQ_G64 = {"GPTQModifier": {"ignore": ["lm_head"], "config_groups": {"g": {"tar
 CASES = {
     "torchao": ("torchao", {"scheme": "int4-weight-only", "group_size": 64}),
     "hqq-lib": ("hqq", {"bits": 4, "group_size": 64}),
-    "auto-round": ("auto_round", {"bits": 4, "group_size": 64, "iters": 2, "batch_size": 2}),
+    "auto-round": ("auto_round", {"bits": 4, "group_size": 64, "iters": 2, "lr": 0.005, "batch_size": 2}),
     "llmcompressor": ("llmcompressor", {"recipe": GPTQ_G64}),
 }
 
