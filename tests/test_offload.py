@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from paqbench.blockwise.offload import OffloadError, attach_offload, checkpoint_files, empty_model, offload_of
+from paqbench.blockwise.synthetic import LlamaShape, write_random_llama
 from paqbench.measure.perplexity import window_nlls
 from paqbench.models.embedded import tiny_random_llama
 from paqbench.registry import get_registry
@@ -173,45 +174,6 @@ print(json.dumps({"peak_rss": peak, "layers": facts["layers"], "nlls": nlls}))
 """
 
 
-def write_random_llama(directory: Path, layers: int, hidden: int, intermediate: int) -> int:
-    """A random Llama written shard by shard (one block in memory at a time); its fp32 bytes."""
-    from safetensors.torch import save_file
-    from transformers import LlamaConfig
-
-    config = LlamaConfig(vocab_size=260, hidden_size=hidden, intermediate_size=intermediate,
-                         num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
-                         tie_word_embeddings=False, bos_token_id=256, eos_token_id=257, pad_token_id=258)
-    directory.mkdir()
-    config.save_pretrained(directory)
-    generator = torch.Generator().manual_seed(0)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator) * 0.02
-
-    def shards():
-        yield {"model.embed_tokens.weight": rand(260, hidden), "model.norm.weight": torch.ones(hidden),
-               "lm_head.weight": rand(260, hidden)}
-        for i in range(layers):
-            p = f"model.layers.{i}."
-            yield {
-                p + "input_layernorm.weight": torch.ones(hidden),
-                p + "post_attention_layernorm.weight": torch.ones(hidden),
-                **{p + f"self_attn.{n}_proj.weight": rand(hidden, hidden) for n in "qkvo"},
-                p + "mlp.gate_proj.weight": rand(intermediate, hidden),
-                p + "mlp.up_proj.weight": rand(intermediate, hidden),
-                p + "mlp.down_proj.weight": rand(hidden, intermediate),
-            }
-
-    weight_map, total = {}, 0
-    for number, shard in enumerate(shards()):
-        name = f"model-{number:05d}.safetensors"
-        save_file(shard, str(directory / name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, name))
-        total += sum(t.numel() * 4 for t in shard.values())
-    (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    return total
-
-
 @pytest.mark.slow
 def test_gptq_and_perplexity_of_a_model_larger_than_the_peak_rss(tmp_path):
     """25 blocks of 51 MB (1.3 GB fp32): GPTQ and perplexity block by block in a child
@@ -219,7 +181,8 @@ def test_gptq_and_perplexity_of_a_model_larger_than_the_peak_rss(tmp_path):
     the model's fp32 bytes. GPTQ quantizes one layer per block (every block is still
     onloaded whole, run and offloaded): the test is about memory, and GPTQ on all
     layers is checked against the in-memory path above."""
-    model_bytes = write_random_llama(tmp_path / "big", layers=25, hidden=1024, intermediate=2816)
+    shape = LlamaShape(layers=25, hidden=1024, intermediate=2816, heads=16, kv_heads=16)
+    model_bytes = write_random_llama(tmp_path / "big", shape)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "big"), str(tmp_path)],
                          capture_output=True, text=True, env=env, timeout=900)
