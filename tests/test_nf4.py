@@ -97,7 +97,9 @@ def test_nf4_beats_uniform_4_bit_absmax_rtn_on_gaussian_weights():
     nf4 = relative_error(NF4Linear.from_weight(weight).dequantize(), weight)
     nf4_plain = relative_error(NF4Linear.from_weight(weight, double_quant=False).dequantize(), weight)
     rtn = relative_error(quantize_rtn(weight, QuantConfig(4, 64, symmetric=True)).dequantize(), weight)
-    assert nf4 < 0.9 * rtn
+    # 0.938x here: paqbench's symmetric grid is llama.cpp's Q4_0 rule since issue 17 (step
+    # max|w|/8, the extreme exact), which narrowed NF4's lead from more than 10%
+    assert nf4 < 0.96 * rtn
     assert nf4 == pytest.approx(nf4_plain, rel=0.02)  # double quant costs almost nothing
 
 
