@@ -16,6 +16,7 @@ from paqbench.planner import RunSpec, SearchSpec, build_plan
 from paqbench.plugin_manager import new_plugin_manager
 from paqbench.registry import Registry
 from paqbench.report import build_report
+from paqbench.report.search import search_lines
 from paqbench.runner.search import bisect
 from paqbench.runner.session import run_plan
 from paqbench.suite import SuiteError, load_suite
@@ -272,4 +273,6 @@ def test_min_recovery_search_runs_end_to_end(tmp_path, registry):
                        echo=lambda m: None)
     (outcome,) = summary.searches
     assert outcome.status == "done" and outcome.bracket[0] <= 0.025 ** 0.5 <= outcome.bracket[1]
-    assert build_report(out).searches[0]["answer"] == outcome.answer  # the report replays it with the baseline
+    report = build_report(out)
+    assert report.searches[0]["answer"] == outcome.answer  # the report replays it with the baseline
+    assert "damage/score recovery ≥ 80% of the baseline" in "\n".join(search_lines(report.searches))

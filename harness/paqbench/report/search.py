@@ -10,6 +10,8 @@ from tabulate import tabulate
 def _bound(objective: dict[str, Any]) -> str:
     if objective.get("max") is not None:
         return f"{objective['metric']} ≤ {objective['max']:g}"
+    if objective.get("min_recovery") is not None:
+        return f"{objective['metric']} recovery ≥ {objective['min_recovery']:g}% of the baseline"
     return f"{objective['metric']} ≥ {objective['min']:g}"
 
 
