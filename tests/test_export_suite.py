@@ -57,3 +57,26 @@ def test_unknown_target_is_a_suite_error(tmp_path):
     suite = write_suite(tmp_path, SUITE.replace("[compressed-tensors, gguf]", "[onnx]"))
     done = paqbench("run", str(suite), "-o", str(tmp_path / "out"), "--dry-run")
     assert done.returncode != 0 and "onnx" in done.stdout + done.stderr
+
+
+def test_check_data_that_cannot_load_still_exports_and_says_why(make_context, tmp_path, monkeypatch):
+    """A hub outage for the check windows must not cost the artifact: the files are
+    written (so the engine backends can time them) and only the check is unavailable."""
+    from paqbench.export.phase import export_phase
+    from tests.export_helpers import tiny_quantized
+
+    ctx = make_context()
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'Salesforce/wikitext' on the Hub")
+
+    monkeypatch.setattr(ctx, "dataset", offline)
+    outcome = export_phase(tiny_quantized(), ctx, ["gguf"], {"dataset": "wikitext2", "split": "test",
+                                                             "seqlen": 32, "windows": 2, "enabled": True},
+                           tmp_path, "rtn", "tiny-random-llama")
+    [record] = outcome.records
+    assert record.status == "ok" and (tmp_path / "runs" / "rtn" / "export" / "gguf" / "model.gguf").is_file()
+    assert ctx.exports["gguf"] is record
+    check = next(m for m in outcome.measurements if m.name == "gguf/check")
+    assert check.value is None and "check windows could not be read" in check.unavailable
+    assert "Couldn't reach" in check.unavailable

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from paqbench.export.run import ExportOutcome, export_model
+from paqbench.export.run import METRIC, ExportOutcome, export_model
+from paqbench.interfaces import Measurement
 from paqbench.measure.perplexity import windows
 
 #: The embedded model sources whose weights came from a GGUF file (tokenizer copied from it).
@@ -52,11 +53,21 @@ def export_phase(
 ) -> ExportOutcome:
     """Export ``model`` to ``targets`` and check each artifact on the check windows
     (no check when ``check`` is None or has ``enabled: false``)."""
-    ids = check_ids(ctx, check) if check and check.get("enabled", True) else None
+    ids, why_unchecked = None, None
+    if check and check.get("enabled", True):
+        try:
+            ids = check_ids(ctx, check)
+        except Exception as exc:  # the artifacts are still written; only the check cannot run
+            why_unchecked = f"the check windows could not be read: {type(exc).__name__}: {exc}"
     outcome = export_model(
         model, ctx.tokenizer, targets, run_folder(output_root, run_name) / "export", ids=ids,
         source_gguf=source_gguf(model_source, ctx.model_config),
     )
+    if why_unchecked is not None:
+        outcome.measurements.extend(
+            Measurement.unavailable_because(METRIC, f"{record.target}/check", "", why_unchecked)
+            for record in outcome.records if record.status == "ok"
+        )
     if isinstance(getattr(ctx, "exports", None), dict):  # the metrics' engine backends read them
         ctx.exports.update({record.target: record for record in outcome.records})
     return outcome
