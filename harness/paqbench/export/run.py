@@ -35,11 +35,14 @@ CT_INSTALL = "pip install 'compressed-tensors>=0.20'"
 #: (docs/export.md), and exports of RTN / GPTQ W4 g32 at 97-98%. Every flip measured there
 #: is a near-tie (paqbench's top-1 leads by < 0.31 logit); at the positions where it leads
 #: by >= 0.5 logit, agreement is 100%. So llama.cpp must agree at >= 99% of those decisive
-#: positions, and at >= 95% of all. transformers dequantizes to float and agrees almost
-#: exactly: >= 99% of all positions.
+#: positions, and at >= 95% of all. The same rounding moves perplexity: llama.cpp's own
+#: Q4_0 file, read back byte for byte into paqbench, computes 0.65% more in llama.cpp than
+#: its exact dequantization in paqbench on 8 x 256 WikiText-2 windows (docs/benchmarks.md,
+#: deploy), so llama.cpp's perplexity bound is 1%. transformers dequantizes to float and
+#: agrees almost exactly: 0.5% and >= 99% of all positions.
 TOLERANCES = {
     "compressed-tensors": Tolerance(ppl_rel=0.005, top1=0.99),
-    "gguf": Tolerance(ppl_rel=0.005, top1=0.95, top1_decisive=0.99),
+    "gguf": Tolerance(ppl_rel=0.01, top1=0.95, top1_decisive=0.99),
 }
 
 
