@@ -1,10 +1,11 @@
 """Acceptance on the embedded SmolLM2-135M: RTN and GPTQ W4 g32 symmetric exported to
 compressed-tensors (reloaded by transformers) and GGUF (reloaded by llama.cpp) compute
-the same model: perplexity in the engine within 0.5% of paqbench's in-memory value and
-the same top-1 token at >= 99% of positions (transformers); llama.cpp, whose CPU matmuls
-round activations to 8 bits, flips near-ties, so it must agree at >= 99% of the decisive
-positions (paqbench's top-1 ahead by >= 0.5 logit) and >= 95% of all (see TOLERANCES),
-on 2 windows x 256 tokens of the embedded test text."""
+the same model, on 2 windows x 256 tokens of the embedded test text: transformers'
+perplexity within 0.5% of paqbench's in-memory value and the same top-1 token at >= 99%
+of positions. llama.cpp rounds the activations of its quantized matmuls to 8 bits, which
+moves even its own Q4_0 file's perplexity by 0.65% (docs/export.md): within 1%, the same
+top-1 at >= 99% of the decisive positions (paqbench's top-1 ahead by >= 0.5 logit) and
+>= 95% of all (see TOLERANCES)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def test_smollm2_w4_g32_round_trips_in_both_engines(smollm2, make_context, tmp_p
         assert record.status == "ok", record.reason
         assert record.levels().get("exact", 0) == 210  # 30 blocks x 7 Linears, codes copied
         agreement = record.extra["agreement"]
-        assert agreement["ppl_rel"] <= 0.005, agreement
+        assert agreement["ppl_rel"] <= TOLERANCES[record.target].ppl_rel, agreement
         assert agreement["top1"] >= TOLERANCES[record.target].top1, agreement
         assert agreement["top1_decisive"] >= 0.99, agreement
         assert values[f"{record.target}/check"] == 1.0
