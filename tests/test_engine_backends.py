@@ -15,8 +15,8 @@ import psutil
 import pytest
 import torch
 
-from paqbench.export import export_model
 from paqbench.export.record import ExportRecord
+from paqbench.export.run import export_model
 from paqbench.models.embedded import byte_tokenizer, tiny_random_llama
 from paqbench.registry import get_registry
 from paqbench_plugins.metrics import energy

@@ -8,8 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from paqbench.export import capability_of, export_model
+from paqbench.export import capability_of
 from paqbench.export.roundtrip import compare, transformers_engine
+from paqbench.export.run import export_model
 from paqbench.models.embedded import byte_tokenizer
 from paqbench.quant.linear import QuantizedLinear
 from tests.export_helpers import needs_compressed_tensors, tiny_quantized, window_ids

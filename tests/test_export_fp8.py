@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from paqbench.export import capability_of, export_model
+from paqbench.export import capability_of
 from paqbench.export.roundtrip.compare import Tolerance
+from paqbench.export.run import export_model
 from paqbench.models.embedded import byte_tokenizer, tiny_random_llama
 from paqbench.quant.fp8 import FP8Linear
 from paqbench.quant.linear import QuantizedLinear, replace_module

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from paqbench.export import export_model
 from paqbench.export.gguf_file.blocks import q4_0, q4_1, q8_0
 from paqbench.export.gguf_file.names import qk_row_order, tensor_name
 from paqbench.export.gguf_file.writer import export_gguf
 from paqbench.export.grid import grid_of
 from paqbench.export.roundtrip import compare, llamacpp
+from paqbench.export.run import export_model
 from paqbench.models.embedded import byte_tokenizer
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.quant.quantizer import QuantConfig

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from paqbench.export import TARGETS, capability_of, export_model
+from paqbench.export import TARGETS, capability_of
 from paqbench.export.layers import export_units
 from paqbench.export.roundtrip.compare import Tolerance
+from paqbench.export.run import export_model
 from paqbench.layers.contract import registered_formats
 from paqbench.layers.sparsity import get_mask, set_mask
 from paqbench.layers.structured import InputSelect, OutputScatter, install, prune_channels

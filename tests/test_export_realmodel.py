@@ -14,9 +14,8 @@ import importlib.util
 
 import pytest
 
-from paqbench.export import export_model
 from paqbench.export.phase import check_ids, source_gguf
-from paqbench.export.run import TOLERANCES
+from paqbench.export.run import TOLERANCES, export_model
 from paqbench.registry import get_registry
 from tests.export_helpers import needs_compressed_tensors
 

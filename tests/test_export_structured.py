@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from paqbench.export import export_model
+from paqbench.export.run import export_model
 from paqbench.models.embedded import byte_tokenizer, tiny_random_llama
 from paqbench.registry import get_registry
 from tests.export_helpers import needs_compressed_tensors, window_ids

@@ -5,8 +5,7 @@ base classes define what a method, metric, model source, dataset, reporter or co
 layer format is.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
+from paqbench.context import RunContext
 from paqbench.hookspecs import hookimpl
 from paqbench.interfaces import (
     DataOrigin,
@@ -18,16 +17,11 @@ from paqbench.interfaces import (
     NoParams,
     Params,
     Reporter,
-    RunContext,
     TextCorpus,
     Unavailable,
 )
 from paqbench.layers.contract import CompressedLayer
-
-try:
-    __version__ = version("paqbench")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0+unknown"
+from paqbench.version import __version__
 
 __all__ = [
     "CompressedLayer",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from paqbench import __version__
+from paqbench.version import __version__
 
 EXIT_USAGE = 2
 

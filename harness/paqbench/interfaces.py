@@ -221,7 +221,3 @@ class Measurement:
     @classmethod
     def unavailable_because(cls, metric: str, name: str, unit: str, reason: str) -> Measurement:
         return cls(metric=metric, name=name, value=None, unit=unit, better=None, unavailable=reason)
-
-
-# Re-exported for plugin authors: the context type lives in its own module.
-from paqbench.context import RunContext  # noqa: E402

@@ -21,6 +21,7 @@ from importlib.metadata import entry_points
 import pluggy
 
 from paqbench import hookspecs
+from paqbench.version import __version__
 
 ENTRY_POINT_GROUP = "paqbench"
 
@@ -117,8 +118,6 @@ def plugin_distribution(plugin_name: str) -> tuple[str, str | None]:
     if plugin_name in _DISTRIBUTIONS:
         return _DISTRIBUTIONS[plugin_name]
     if plugin_name.startswith(("paqbench.", "paqbench_plugins.")):  # the built-ins ship with paqbench
-        from paqbench import __version__
-
         return ("paqbench", __version__)
     return (plugin_name, None)
 
