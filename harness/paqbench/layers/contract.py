@@ -5,9 +5,13 @@ A format is a subclass of :class:`CompressedLayer` (an ``nn.Module``). It declar
 ``capabilities`` a method may ask for, and the checkpoint ``state_marker`` that rebuilds
 it on load; it implements ``dequantize()`` and ``empty_from_state()``, the edits it
 declares, and may override the accounting (numel, nonzero, bits, bytes, MACs per token),
-``export_capability`` and ``select_kernel``. Everything else (mask bookkeeping, shape
-checks, default accounting from the stored tensors) is shared here, so a new format
-writes only its layout.
+``export_capability`` and ``select_kernel``. Everything else is shared here, so a new
+format writes only its layout: mask bookkeeping and shape checks, the structured edits'
+common part (``_select_rows`` / ``_select_columns`` slice the named per-row / per-column
+tensors with the bias, mask and width; ``_compact`` drops table entries no index uses),
+the layout marker (``meta_fields``: written after every edit, read back on load),
+carrying bias and mask over from the replaced layer, format floats kept through
+``model.to(dtype)``, and default accounting from the stored tensors.
 
 A plain ``nn.Linear`` (dense, or pruned with a recorded mask) is not a subclass (it is
 torch's); :func:`as_layer` gives it the same face through :class:`LinearAdapter`, so a
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import torch
 from torch import nn
@@ -82,6 +86,15 @@ class CompressedLayer(nn.Module):
     #: The forward path in use: "reference" (dequantize, then the float op) or a kernel's name
     #: (None for a layer with no matmul path, such as a token table).
     kernel: str | None = REFERENCE_KERNEL
+    #: The layout the ``state_marker`` buffer holds, as int32 in this order (ints and
+    #: bools; a format with another kind of field encodes it in ``_meta_values`` /
+    #: ``_read_meta``): rewritten after every edit, read back after a load.
+    meta_fields: ClassVar[tuple[str, ...]] = ()
+    #: Float buffers that are the stored format (scales, tables): ``model.to(dtype)`` moves
+    #: them but keeps their dtype (bfloat16 scales would lose bits the format stored).
+    format_floats: ClassVar[tuple[str, ...]] = ()
+    #: The attributes ``repr`` shows, before ``bias`` and ``kernel`` (empty: torch's repr).
+    repr_fields: ClassVar[tuple[str, ...]] = ()
 
     in_features: int
     out_features: int
@@ -188,6 +201,124 @@ class CompressedLayer(nn.Module):
             self.bias = nn.Parameter(bias.detach().index_select(0, index.to(bias.device)),
                                      requires_grad=bias.requires_grad)
 
+    def _select_rows(self, index: torch.Tensor, names: Iterable[str] = ()) -> torch.Tensor:
+        """The output slice every format shares: keep the rows ``index`` (in that order) of
+        the named per-row tensors (None ones skipped), then :meth:`_finish_slice`. Returns
+        the checked index, for tensors that need more than a row selection."""
+        index = self._check_index(index, "output")
+        self._index_select(names, 0, index)
+        self._finish_slice(index, "output")
+        return index
+
+    def _select_columns(self, index: torch.Tensor, names: Iterable[str] = ()) -> torch.Tensor:
+        """The input slice of unpacked per-column tensors: keep the columns ``index`` of
+        each named one, then :meth:`_finish_slice`; returns the checked index."""
+        index = self._check_index(index, "input")
+        self._index_select(names, 1, index)
+        self._finish_slice(index, "input")
+        return index
+
+    def _index_select(self, names: Iterable[str], dim: int, index: torch.Tensor) -> None:
+        for name in names:
+            tensor = getattr(self, name)
+            if tensor is not None:
+                setattr(self, name, tensor.index_select(dim, index).contiguous())
+
+    def _finish_slice(self, index: torch.Tensor, dim: Dim) -> None:
+        """What follows every structured edit: the new width, the recorded mask (and for
+        rows the bias) sliced along, then :meth:`_invalidate`."""
+        if dim == "output":
+            self._slice_bias(index)
+            self.out_features = int(index.numel())
+        else:
+            self.in_features = int(index.numel())
+        self._slice_mask(index, dim)
+        self._invalidate()
+
+    def _compact(self, index_name: str, **tables: int) -> torch.Tensor:
+        """Drop the entries of ``tables`` (buffer name -> the dim indexed by ``index_name``)
+        that the index buffer ``index_name`` no longer points at, and renumber the index
+        (int32). Returns the kept entries (ascending), for packed tables to follow."""
+        used, inverse = torch.unique(getattr(self, index_name).long(), return_inverse=True)
+        setattr(self, index_name, inverse.to(torch.int32))
+        for name, dim in tables.items():
+            setattr(self, name, getattr(self, name).index_select(dim, used).contiguous())
+        return used
+
+    def _carry_over(self, bias: torch.Tensor | None, mask: torch.Tensor | None) -> None:
+        """Take the replaced layer's bias (a copy, same dtype and ``requires_grad``) and
+        recorded pruning mask onto this layer's device, so later steps keep its zeros."""
+        device = self._storage_device()
+        if bias is not None:
+            self.bias = nn.Parameter(bias.detach().clone().to(device), requires_grad=bias.requires_grad)
+        if mask is not None:
+            record_mask(self, mask.to(device=device, dtype=torch.bool).clone())
+
+    @classmethod
+    def _empty_like(cls, linear: nn.Linear, *layout: Any, **options: Any) -> Self:
+        """An empty layer of ``linear``'s shape, bias, device and dtype (``layout``:
+        the format's own constructor arguments), for ``from_linear`` to fill."""
+        weight = linear.weight
+        return cls(linear.in_features, linear.out_features, *layout, bias=linear.bias is not None,
+                   device=weight.device, dtype=weight.dtype, **options)
+
+    # ------------------------------------------------------------------ layout marker
+
+    def _meta_values(self) -> list[int]:
+        return [int(getattr(self, field)) for field in self.meta_fields]
+
+    def _read_meta(self, values: list[int]) -> None:
+        for field, value in zip(self.meta_fields, values, strict=True):
+            setattr(self, field, bool(value) if isinstance(getattr(self, field), bool) else value)
+
+    def _register_meta(self) -> None:
+        """Register the ``state_marker`` buffer (after the format's other buffers)."""
+        self.register_buffer(self.state_marker, self._meta_tensor())
+
+    def _meta_tensor(self) -> torch.Tensor:
+        return torch.tensor(self._meta_values(), dtype=torch.int32, device=self._storage_device())
+
+    def _write_meta(self) -> None:
+        if self.state_marker is not None and self.meta_fields:
+            setattr(self, self.state_marker, self._meta_tensor())
+
+    def _invalidate(self) -> None:
+        """After every edit or load: the layout marker is rewritten (a format with cached
+        fast paths also forgets them here)."""
+        self._write_meta()
+
+    @classmethod
+    def _saved_meta(cls, state_dict: Mapping[str, torch.Tensor], name: str) -> list[int]:
+        """The layout saved under ``name`` (``empty_from_state`` reads it)."""
+        return [int(v) for v in state_dict[f"{name}.{cls.state_marker}"].tolist()]
+
+    @staticmethod
+    def _saved_bias(state_dict: Mapping[str, torch.Tensor], name: str) -> dict[str, Any]:
+        """The ``bias=`` and ``dtype=`` constructor arguments for the bias saved under ``name``."""
+        bias = state_dict.get(f"{name}.bias")
+        return {"bias": bias is not None, "dtype": bias.dtype if bias is not None else torch.float32}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:  # type: ignore[no-untyped-def]
+        """After loading, the Python-side layout follows the loaded marker."""
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.state_marker is not None and self.meta_fields:
+            self._read_meta([int(v) for v in getattr(self, self.state_marker).tolist()])
+            self._invalidate()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> CompressedLayer:
+        """Device moves apply to everything; a dtype cast leaves :attr:`format_floats`."""
+        kept = {name: getattr(self, name) for name in self.format_floats if getattr(self, name, None) is not None}
+        result = super()._apply(fn, recurse)
+        for name, tensor in kept.items():
+            setattr(self, name, tensor.to(device=getattr(self, name).device))
+        return result
+
+    def extra_repr(self) -> str:
+        if not self.repr_fields:
+            return super().extra_repr()
+        fields = [f"{field}={getattr(self, field)}" for field in self.repr_fields]
+        return ", ".join([*fields, f"bias={self._bias() is not None}", f"kernel={self.kernel}"])
+
     # ------------------------------------------------------------------ accounting
 
     def _bias(self) -> torch.Tensor | None:
@@ -202,9 +333,12 @@ class CompressedLayer(nn.Module):
     @torch.no_grad()
     def paqbench_nonzero(self) -> int:
         """Weights that dequantize to a nonzero value, plus nonzero bias entries."""
-        nonzero = int(torch.count_nonzero(self.dequantize()))
         bias = self._bias()
-        return nonzero + (int(torch.count_nonzero(bias)) if bias is not None else 0)
+        return self._nonzero_weights() + (int(torch.count_nonzero(bias)) if bias is not None else 0)
+
+    def _nonzero_weights(self) -> int:
+        """Weights that dequantize to a nonzero value (a format may count its codes instead)."""
+        return int(torch.count_nonzero(self.dequantize()))
 
     def stored_tensors(self) -> list[torch.Tensor]:
         """What a checkpoint of this layer holds: its persistent buffers and parameters."""

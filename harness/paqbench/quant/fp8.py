@@ -34,14 +34,14 @@ Forward paths (``kernel`` names the one in use):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS, ZERO_WEIGHTS, CompressedLayer
-from paqbench.layers.sparsity import MASK_BUFFER, get_mask, record_mask
+from paqbench.layers.sparsity import get_mask, record_mask
 from paqbench.quant import kernels
 from paqbench.quant.quantizer import keep_mask
 
@@ -94,6 +94,9 @@ class FP8Linear(CompressedLayer):
     description = "E4M3 weights, one byte each, per-channel or per-tensor scales; optional dynamic E4M3 activations."
     capabilities = frozenset({ZERO_WEIGHTS, SLICE_INPUTS, SLICE_OUTPUTS})
     state_marker = "fp8_meta"
+    meta_fields = ("in_features", "out_features", "activations")  # activations: index in ACTIVATIONS
+    format_floats = ("weight_fp8", "weight_scale")
+    repr_fields = ("in_features", "out_features", "activations", "per_channel")
 
     def __init__(
         self, in_features: int, out_features: int, *, activations: str = "per-token", per_channel: bool = True,
@@ -108,8 +111,7 @@ class FP8Linear(CompressedLayer):
         self.register_buffer("weight_fp8", torch.zeros(out_features, in_features, dtype=FP8, device=device))
         scales = out_features if per_channel else 1
         self.register_buffer("weight_scale", torch.ones(scales, dtype=torch.float32, device=device))
-        self.register_buffer("fp8_meta", torch.zeros(3, dtype=torch.int32, device=device))
-        self._write_meta()
+        self._register_meta()
         if bias:
             self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device))
         else:
@@ -121,15 +123,9 @@ class FP8Linear(CompressedLayer):
     def from_linear(cls, linear: nn.Linear, activations: str = "per-token", per_channel: bool = True) -> FP8Linear:
         """Quantize ``linear``; its recorded mask (or exact zeros) stays exactly zero and the
         mask is carried over for later pruning steps."""
-        weight = linear.weight
-        layer = cls(linear.in_features, linear.out_features, activations=activations, per_channel=per_channel,
-                    bias=linear.bias is not None, device=weight.device, dtype=weight.dtype)
-        layer.weight_fp8, layer.weight_scale = quantize_weight(weight, per_channel, keep_mask(linear))
-        if linear.bias is not None:
-            layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
-        mask = get_mask(linear)
-        if mask is not None:
-            layer.register_buffer(MASK_BUFFER, mask.to(torch.bool).clone(), persistent=False)
+        layer = cls._empty_like(linear, activations=activations, per_channel=per_channel)
+        layer.weight_fp8, layer.weight_scale = quantize_weight(linear.weight, per_channel, keep_mask(linear))
+        layer._carry_over(linear.bias, get_mask(linear))
         return layer
 
     @property
@@ -199,10 +195,11 @@ class FP8Linear(CompressedLayer):
         self.kernel = SCALED_MM
         return out.float()
 
-    def _write_meta(self) -> None:
-        mode = ACTIVATIONS.index(self.activations)
-        self.fp8_meta = torch.tensor([self.in_features, self.out_features, mode], dtype=torch.int32,
-                                     device=self.weight_fp8.device)
+    def _meta_values(self) -> list[int]:
+        return [self.in_features, self.out_features, ACTIVATIONS.index(self.activations)]
+
+    def _read_meta(self, values: list[int]) -> None:
+        self.in_features, self.out_features, self.activations = values[0], values[1], ACTIVATIONS[values[2]]
 
     # ------------------------------------------------------------------ editing (pruning)
 
@@ -217,63 +214,23 @@ class FP8Linear(CompressedLayer):
     @torch.no_grad()
     def select_input_features(self, index: torch.Tensor) -> None:
         """Keep the input columns ``index`` (in that order); scales are unchanged."""
-        index = self._check_index(index, "input")
-        self.weight_fp8 = self.weight_fp8.index_select(1, index).contiguous()
-        self.in_features = int(index.numel())
-        self._slice_mask(index, "input")
-        self._write_meta()
+        self._select_columns(index, ("weight_fp8",))
 
     @torch.no_grad()
     def select_output_features(self, index: torch.Tensor) -> None:
         """Keep the output rows ``index`` (in that order) with their scales and bias."""
-        index = self._check_index(index, "output")
-        per_channel = self.per_channel
-        self.weight_fp8 = self.weight_fp8.index_select(0, index).contiguous()
-        if per_channel:
-            self.weight_scale = self.weight_scale.index_select(0, index).contiguous()
-        self._slice_bias(index)
-        self.out_features = int(index.numel())
-        self._slice_mask(index, "output")
-        self._write_meta()
+        self._select_rows(index, ("weight_fp8", "weight_scale") if self.per_channel else ("weight_fp8",))
 
-
-    # ------------------------------------------------------------------ accounting
-
-    @torch.no_grad()
-    def paqbench_nonzero(self) -> int:
-        """Nonzero weights plus nonzero bias entries."""
-        nonzero = int(torch.count_nonzero(self.weight_fp8.float()))
-        if self.bias is not None:
-            nonzero += int(torch.count_nonzero(self.bias))
-        return nonzero
-
-    def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"activations={self.activations}, per_channel={self.per_channel}, "
-                f"bias={self.bias is not None}, kernel={self.kernel}")
-
-    def _apply(self, fn: Any, recurse: bool = True) -> FP8Linear:
-        """``model.to(dtype)`` casts the bias but neither the FP8 weights nor the float32
-        scales (the stored format); device moves apply to everything."""
-        weight, scales = self.weight_fp8, self.weight_scale
-        result = super()._apply(fn, recurse)
-        device = fn(torch.empty(0, dtype=torch.float32, device=scales.device)).device
-        self.weight_fp8, self.weight_scale = weight.to(device=device), scales.to(device=device)
-        return result
+    def _nonzero_weights(self) -> int:
+        return int(torch.count_nonzero(self.weight_fp8.float()))
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
     def empty_from_state(cls, state_dict: Mapping[str, torch.Tensor], name: str, device: torch.device) -> FP8Linear:
         """An empty layer of the layout saved under ``name`` in ``state_dict``."""
-        in_features, out_features, mode = (int(v) for v in state_dict[f"{name}.fp8_meta"].tolist())
-        bias = state_dict.get(f"{name}.bias")
+        in_features, out_features, mode = cls._saved_meta(state_dict, name)
         per_channel = state_dict[f"{name}.weight_scale"].numel() == out_features and out_features > 1
         return cls(in_features, out_features, activations=ACTIVATIONS[mode], per_channel=per_channel,
-                   bias=bias is not None, device=device, dtype=bias.dtype if bias is not None else torch.float32)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        in_features, out_features, mode = (int(v) for v in self.fp8_meta.tolist())
-        self.in_features, self.out_features, self.activations = in_features, out_features, ACTIVATIONS[mode]
+                   device=device, **cls._saved_bias(state_dict, name))
 

@@ -50,7 +50,7 @@ from paqbench.layers.contract import (
     CompressedLayer,
     registered_formats,
 )
-from paqbench.layers.sparsity import MASK_BUFFER, get_mask, record_mask
+from paqbench.layers.sparsity import get_mask, record_mask
 from paqbench.quant import kernels
 from paqbench.quant.packing import pack, packed_length, unpack
 from paqbench.quant.quantizer import (
@@ -72,6 +72,9 @@ class QuantizedLinear(CompressedLayer):
     description = "Integer grid: uint8-packed 2-8 bit codes, fp16 scales and zero points per row and group."
     capabilities = frozenset({ZERO_WEIGHTS, SLICE_INPUTS, SLICE_OUTPUTS, EXACT_GRID})
     state_marker = "qmeta"
+    meta_fields = ("bits", "group_size", "symmetric", "in_features", "out_features")
+    format_floats = ("scales",)  # float16 is the stored format: bfloat16 would lose 3 bits
+    repr_fields = ("in_features", "out_features", "bits", "group_size", "symmetric")
 
     def __init__(
         self,
@@ -107,8 +110,7 @@ class QuantizedLinear(CompressedLayer):
         if groups != config.n_groups(in_features):
             g_idx = torch.zeros(in_features, dtype=torch.int32, device=device)
         self.register_buffer("g_idx", g_idx)
-        self.register_buffer("qmeta", torch.zeros(5, dtype=torch.int32, device=device))
-        self._write_meta()
+        self._register_meta()
         if bias:
             self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device))
         else:
@@ -143,10 +145,7 @@ class QuantizedLinear(CompressedLayer):
         layer.qzeros = pack(quantized.zeros.to(device), config.bits)
         layer.scales = quantized.scales.to(device=device, dtype=SCALE_DTYPE).contiguous()
         layer.g_idx = quantized.g_idx.to(device=device, dtype=torch.int32).contiguous()
-        if bias is not None:
-            layer.bias = nn.Parameter(bias.detach().clone().to(device), requires_grad=bias.requires_grad)
-        if mask is not None:
-            layer.register_buffer(MASK_BUFFER, mask.to(device=device, dtype=torch.bool), persistent=False)
+        layer._carry_over(bias, mask)
         layer._select_kernel(device, dtype or (bias.dtype if bias is not None else torch.float32))
         return layer
 
@@ -222,10 +221,6 @@ class QuantizedLinear(CompressedLayer):
         if key is not None:
             self._select_kernel(*key)
 
-    def _write_meta(self) -> None:
-        meta = [self.bits, self.group_size, int(self.symmetric), self.in_features, self.out_features]
-        self.qmeta = torch.tensor(meta, dtype=torch.int32, device=self.qweight.device)
-
     # ------------------------------------------------------------------ editing (pruning)
 
     @torch.no_grad()
@@ -246,58 +241,25 @@ class QuantizedLinear(CompressedLayer):
         Codes are unpacked, sliced and repacked; ``g_idx`` is sliced with them, and groups
         no column uses any more are dropped (their scales and zeros too)."""
         index = self._check_index(index, "input")
-        codes = self.unpack_codes().index_select(1, index)
-        used, g_idx = torch.unique(self.g_idx.index_select(0, index).long(), return_inverse=True)
-        zeros = self.unpack_zeros().index_select(1, used)
-        self.scales = self.scales.index_select(1, used).contiguous()
-        self.qzeros = pack(zeros, self.bits)
-        self.g_idx = g_idx.to(torch.int32).contiguous()
-        self.in_features = int(index.numel())
+        codes, zeros = self.unpack_codes().index_select(1, index), self.unpack_zeros()
+        self.g_idx = self.g_idx.index_select(0, index)
+        used = self._compact("g_idx", scales=1)
+        self.qzeros = pack(zeros.index_select(1, used), self.bits)
         self.qweight = pack(codes, self.bits)
-        self._slice_mask(index, "input")
-        self._invalidate()
+        self._finish_slice(index, "input")
 
     @torch.no_grad()
     def select_output_features(self, index: torch.Tensor) -> None:
         """Structured pruning of output rows: keep the rows ``index`` (in that order), with
         their scales, zeros and bias. Rows are packed independently: no repacking."""
-        index = self._check_index(index, "output")
-        self.qweight = self.qweight.index_select(0, index).contiguous()
-        self.qzeros = self.qzeros.index_select(0, index).contiguous()
-        self.scales = self.scales.index_select(0, index).contiguous()
-        self._slice_bias(index)
-        self.out_features = int(index.numel())
-        self._slice_mask(index, "output")
-        self._invalidate()
-
+        self._select_rows(index, ("qweight", "qzeros", "scales"))
 
     # ------------------------------------------------------------------ accounting
 
-    @torch.no_grad()
-    def paqbench_nonzero(self) -> int:
-        """Weights that dequantize to a nonzero value (code != zero point), plus nonzero bias."""
+    def _nonzero_weights(self) -> int:
+        """Codes that differ from their zero point (the weights that dequantize nonzero)."""
         zero = self.unpack_zeros().index_select(1, self.g_idx.long())
-        nonzero = int((self.unpack_codes() != zero).sum())
-        if self.bias is not None:
-            nonzero += int(torch.count_nonzero(self.bias))
-        return nonzero
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-            f"group_size={self.group_size}, symmetric={self.symmetric}, bias={self.bias is not None}, "
-            f"kernel={self.kernel}"
-        )
-
-    def _apply(self, fn: Any, recurse: bool = True) -> QuantizedLinear:
-        """``model.to(dtype)`` / ``.half()`` cast the bias but not the scales: they are
-        part of the stored format (float16), and bfloat16 would lose 3 bits of them.
-        Device moves apply to everything."""
-        scales = self.scales
-        result = super()._apply(fn, recurse)
-        device = fn(torch.empty(0, dtype=SCALE_DTYPE, device=scales.device)).device
-        self.scales = scales.to(device=device)
-        return result
+        return int((self.unpack_codes() != zero).sum())
 
     # ------------------------------------------------------------------ loading
 
@@ -306,21 +268,9 @@ class QuantizedLinear(CompressedLayer):
         cls, state_dict: Mapping[str, torch.Tensor], name: str, device: torch.device
     ) -> QuantizedLinear:
         """An empty layer of the layout saved under ``name`` in ``state_dict``."""
-        bits, group_size, symmetric, in_features, out_features = (int(v) for v in state_dict[f"{name}.qmeta"].tolist())
-        bias = state_dict.get(f"{name}.bias")
-        return cls(
-            in_features, out_features, bits, group_size, bool(symmetric),
-            n_groups=state_dict[f"{name}.scales"].shape[1], bias=bias is not None, device=device,
-            dtype=bias.dtype if bias is not None else torch.float32,
-        )
-
-    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
-        """After loading, the Python-side layout follows the loaded ``qmeta``."""
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        bits, group_size, symmetric, in_features, out_features = (int(v) for v in self.qmeta.tolist())
-        self.bits, self.group_size, self.symmetric = bits, group_size, bool(symmetric)
-        self.in_features, self.out_features = in_features, out_features
-        self._invalidate()
+        bits, group_size, symmetric, in_features, out_features = cls._saved_meta(state_dict, name)
+        return cls(in_features, out_features, bits, group_size, bool(symmetric),
+                   n_groups=state_dict[f"{name}.scales"].shape[1], device=device, **cls._saved_bias(state_dict, name))
 
 
 def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS, ZERO_WEIGHTS, CompressedLayer
-from paqbench.layers.sparsity import MASK_BUFFER, get_mask, record_mask
+from paqbench.layers.sparsity import get_mask, record_mask
 from paqbench.quant import kernels
 from paqbench.quant.quantizer import keep_mask
 
@@ -96,6 +96,9 @@ class Int8DynamicLinear(CompressedLayer):
     description = "int8 weights with per-row float32 scales; activations quantized to int8 per token at run time."
     capabilities = frozenset({ZERO_WEIGHTS, SLICE_INPUTS, SLICE_OUTPUTS})
     state_marker = "w8a8_meta"
+    meta_fields = ("in_features", "out_features")
+    format_floats = ("weight_scale",)
+    repr_fields = ("in_features", "out_features")
 
     def __init__(
         self, in_features: int, out_features: int, *, bias: bool = False,
@@ -108,8 +111,7 @@ class Int8DynamicLinear(CompressedLayer):
         self.out_features = out_features
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
-        self.register_buffer("w8a8_meta", torch.zeros(2, dtype=torch.int32, device=device))
-        self._write_meta()
+        self._register_meta()
         if bias:
             self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device))
         else:
@@ -123,16 +125,9 @@ class Int8DynamicLinear(CompressedLayer):
     def from_linear(cls, linear: nn.Linear) -> Int8DynamicLinear:
         """Quantize ``linear``'s weight per output row; its recorded mask (or exact zeros)
         stays exactly zero and the mask is carried over for later pruning steps."""
-        weight = linear.weight
-        keep = keep_mask(linear)
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                    device=weight.device, dtype=weight.dtype)
-        layer.weight_int8, layer.weight_scale = quantize_weight(weight, keep)
-        if linear.bias is not None:
-            layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
-        mask = get_mask(linear)
-        if mask is not None:
-            layer.register_buffer(MASK_BUFFER, mask.to(torch.bool).clone(), persistent=False)
+        layer = cls._empty_like(linear)
+        layer.weight_int8, layer.weight_scale = quantize_weight(linear.weight, keep_mask(linear))
+        layer._carry_over(linear.bias, get_mask(linear))
         return layer
 
     def dequantize(self) -> torch.Tensor:
@@ -187,10 +182,6 @@ class Int8DynamicLinear(CompressedLayer):
         if key is not None:
             self.select_kernel(*key)
 
-    def _write_meta(self) -> None:
-        self.w8a8_meta = torch.tensor([self.in_features, self.out_features], dtype=torch.int32,
-                                      device=self.weight_int8.device)
-
     # ------------------------------------------------------------------ editing (pruning)
 
     @torch.no_grad()
@@ -205,45 +196,21 @@ class Int8DynamicLinear(CompressedLayer):
     @torch.no_grad()
     def select_input_features(self, index: torch.Tensor) -> None:
         """Keep the input columns ``index`` (in that order); row scales are unchanged."""
-        index = self._check_index(index, "input")
-        self.weight_int8 = self.weight_int8.index_select(1, index).contiguous()
-        self.in_features = int(index.numel())
-        self._slice_mask(index, "input")
-        self._invalidate()
+        self._select_columns(index, ("weight_int8",))
 
     @torch.no_grad()
     def select_output_features(self, index: torch.Tensor) -> None:
         """Keep the output rows ``index`` (in that order) with their scales and bias."""
-        index = self._check_index(index, "output")
-        self.weight_int8 = self.weight_int8.index_select(0, index).contiguous()
-        self.weight_scale = self.weight_scale.index_select(0, index).contiguous()
-        self._slice_bias(index)
-        self.out_features = int(index.numel())
-        self._slice_mask(index, "output")
-        self._invalidate()
-
+        self._select_rows(index, ("weight_int8", "weight_scale"))
 
     # ------------------------------------------------------------------ accounting
 
-    @torch.no_grad()
-    def paqbench_nonzero(self) -> int:
-        """Nonzero codes plus nonzero bias entries."""
-        nonzero = int(torch.count_nonzero(self.weight_int8))
-        if self.bias is not None:
-            nonzero += int(torch.count_nonzero(self.bias))
-        return nonzero
-
-    def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, kernel={self.kernel}")
+    def _nonzero_weights(self) -> int:
+        return int(torch.count_nonzero(self.weight_int8))
 
     def _apply(self, fn: Any, recurse: bool = True) -> Int8DynamicLinear:
-        """``model.to(dtype)`` casts the bias but not the float32 row scales (part of the
-        stored format); device moves apply to everything, and the path is chosen again."""
-        scales = self.weight_scale
+        """As every format (the row scales keep float32); the path is chosen again."""
         result = super()._apply(fn, recurse)
-        device = fn(torch.empty(0, dtype=torch.float32, device=scales.device)).device
-        self.weight_scale = scales.to(device=device)
         self._accumulate, self._kernel_key, self.kernel = None, None, kernels.REFERENCE
         return result
 
@@ -254,15 +221,8 @@ class Int8DynamicLinear(CompressedLayer):
         cls, state_dict: Mapping[str, torch.Tensor], name: str, device: torch.device
     ) -> Int8DynamicLinear:
         """An empty layer of the layout saved under ``name`` in ``state_dict``."""
-        in_features, out_features = (int(v) for v in state_dict[f"{name}.w8a8_meta"].tolist())
-        bias = state_dict.get(f"{name}.bias")
-        return cls(in_features, out_features, bias=bias is not None, device=device,
-                   dtype=bias.dtype if bias is not None else torch.float32)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.in_features, self.out_features = (int(v) for v in self.w8a8_meta.tolist())
-        self._invalidate()
+        in_features, out_features = cls._saved_meta(state_dict, name)
+        return cls(in_features, out_features, device=device, **cls._saved_bias(state_dict, name))
 
 
 # ------------------------------------------------------------------------------ paths
