@@ -9,8 +9,9 @@ import json
 
 import pytest
 
+from paqbench.measure.stats import recovery
 from paqbench.report.lm_eval_results import DIRECTORY, results_for, write_lm_eval_results
-from paqbench.report.noise import Band, compare, noise_band, recovery
+from paqbench.report.noise import Band, compare, noise_band
 from paqbench.report.tables import headline, headline_columns
 from paqbench_plugins.reporters.json_report import JSONReporter
 from paqbench_plugins.reporters.markdown import MarkdownReporter, csv_text

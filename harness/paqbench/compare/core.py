@@ -21,8 +21,9 @@ from paqbench.compare.settings import (
     setting_changes,
 )
 from paqbench.compare.thresholds import CompareOptions, RecoveryFloor, Threshold
-from paqbench.report.noise import recovery
+from paqbench.measure.stats import recovery
 from paqbench.report.tables import QUALITY_METRICS
+from paqbench.runner.result import measurement_key
 
 Verdict = Literal["better", "worse", "same", "within noise", "changed", "n/a", "missing", "new", "not comparable"]
 Mode = Literal["value", "ratio"]
@@ -173,10 +174,6 @@ def pair_runs(
 
 
 # -- one measurement ------------------------------------------------------------------
-
-
-def measurement_key(m: dict[str, Any]) -> str:
-    return m["metric"] if m.get("name") in (None, "", m["metric"]) else f"{m['metric']}/{m['name']}"
 
 
 def _index(run: dict[str, Any] | None) -> dict[str, dict[str, Any]]:

@@ -75,3 +75,17 @@ def summarize(values: Sequence[float]) -> Summary:
         min=min(data),
         max=max(data),
     )
+
+
+def recovery(value: float | None, base: float | None, better: str | None) -> float | None:
+    """The run's quality as a fraction of the baseline's, 1.0 = fully recovered.
+
+    Direction-aware, so more is always better: ``value / base`` when higher is better
+    (accuracy), ``base / value`` when lower is better (perplexity). None without both
+    values, a direction, or with a zero denominator.
+    """
+    finite = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (value, base))
+    if not finite or better not in ("higher", "lower"):
+        return None
+    numerator, denominator = (value, base) if better == "higher" else (base, value)
+    return None if denominator == 0 else float(numerator) / float(denominator)

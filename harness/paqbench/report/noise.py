@@ -134,16 +134,3 @@ def _speedup_change(measurement: Mapping[str, Any]) -> Change:
     if band is None:
         return Change("unknown", relative, noisy=True)
     return Change("same" if band.contains(1.0) else "change", relative, noisy=True)
-
-
-def recovery(value: float | None, base: float | None, better: str | None) -> float | None:
-    """The run's quality as a fraction of the baseline's, 1.0 = fully recovered.
-
-    Direction-aware, so more is always better: ``value / base`` when higher is better
-    (accuracy), ``base / value`` when lower is better (perplexity). None without both
-    values, a direction, or with a zero denominator.
-    """
-    if not (_finite(value) and _finite(base)) or better not in ("higher", "lower"):
-        return None
-    numerator, denominator = (value, base) if better == "higher" else (base, value)
-    return None if denominator == 0 else float(numerator) / float(denominator)

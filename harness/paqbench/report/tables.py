@@ -16,8 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from paqbench.measure.stats import recovery
 from paqbench.report.formatting import format_bytes, format_value
-from paqbench.report.noise import Change, compare, is_paired_speedup, recovery
+from paqbench.report.noise import Change, compare, is_paired_speedup
 from paqbench.report.selection import find, key_of, quality_axes, value_or_reason
 
 Run = Mapping[str, Any]

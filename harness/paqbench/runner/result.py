@@ -49,3 +49,9 @@ class RunResult:
         data["steps"] = [PhaseRecord(**s) for s in data.get("steps", [])]
         data["metrics"] = [PhaseRecord(**m) for m in data.get("metrics", [])]
         return cls(**data)
+
+
+def measurement_key(m: dict[str, Any]) -> str:
+    """A recorded measurement's key, ``metric`` or ``metric/name``: how reports, the
+    comparison and threshold-search objectives name one number."""
+    return m["metric"] if m.get("name") in (None, "", m["metric"]) else f"{m['metric']}/{m['name']}"

@@ -20,7 +20,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from paqbench.measure.stats import recovery
 from paqbench.planner import BASELINE, RunSpec, SearchSpec
+from paqbench.runner.result import measurement_key
 
 SearchStatus = Literal["done", "incomplete", "failed"]
 
@@ -72,8 +74,6 @@ class SearchOutcome:
 
 def objective_value(entry: dict[str, Any], metric_key: str) -> tuple[float | None, str]:
     """The objective's measurement in a run entry, or None with why."""
-    from paqbench.compare.core import measurement_key
-
     available = []
     for m in entry.get("measurements") or []:
         key = measurement_key(m)
@@ -88,8 +88,6 @@ def objective_value(entry: dict[str, Any], metric_key: str) -> tuple[float | Non
 
 
 def _better(entry: dict[str, Any], metric_key: str) -> str | None:
-    from paqbench.compare.core import measurement_key
-
     return next((m.get("better") for m in entry.get("measurements") or [] if measurement_key(m) == metric_key), None)
 
 
@@ -107,8 +105,6 @@ def objective_measure(
     base, why = objective_value(baseline, key)
     if base is None:
         return None, f"baseline: {why}"
-    from paqbench.report.noise import recovery
-
     share = recovery(value, base, _better(entry, key))
     if share is None:
         return None, f"no recovery of {key}: it has no direction, or the baseline's value is 0"
