@@ -245,6 +245,14 @@ class CompressedLayer(nn.Module):
             setattr(self, name, getattr(self, name).index_select(dim, used).contiguous())
         return used
 
+    def _init_bias(self, bias: bool, device: torch.device | str | None, dtype: torch.dtype) -> None:
+        """A zero ``[out_features]`` bias parameter of ``dtype`` (or a registered None), for an
+        empty layer's constructor."""
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(self.out_features, dtype=dtype, device=device))
+        else:
+            self.register_parameter("bias", None)
+
     def _carry_over(self, bias: torch.Tensor | None, mask: torch.Tensor | None) -> None:
         """Take the replaced layer's bias (a copy, same dtype and ``requires_grad``) and
         recorded pruning mask onto this layer's device, so later steps keep its zeros."""

@@ -21,14 +21,13 @@ statistic of the weighted variants.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS, ZERO_WEIGHTS, CompressedLayer
-from paqbench.layers.sparsity import record_mask
 from paqbench.quant import kernels
 
 if TYPE_CHECKING:
@@ -39,26 +38,14 @@ _CHUNK = 4096
 
 
 class CodebookLinear(CompressedLayer):
-    """Base class of the codebook layers: everything but the format itself.
-
-    A subclass defines ``dequantize()``, the editing methods, ``empty_from_state`` and
-    lists its persistent buffers in ``STORED`` (what ``paqbench_storage_bits`` counts)
-    and the floating-point ones among them in ``FORMAT_FLOATS`` (kept in their stored
-    dtype when the model is cast, like ``QuantizedLinear.scales``).
-    """
+    """Base class of the codebook layers (LUT, NF4, VQ): the capabilities, the reference
+    forward and the export answer they share; everything else comes from
+    :class:`CompressedLayer` (a subclass names its ``format_floats``: tables, absmax)."""
 
     capabilities = frozenset({ZERO_WEIGHTS, SLICE_INPUTS, SLICE_OUTPUTS})
-    STORED: ClassVar[tuple[str, ...]] = ()
-    FORMAT_FLOATS: ClassVar[tuple[str, ...]] = ()
-
-    in_features: int
-    out_features: int
 
     def _init_common(self, bias: bool, device: torch.device | str | None, dtype: torch.dtype) -> None:
-        if bias:
-            self.bias = nn.Parameter(torch.zeros(self.out_features, dtype=dtype, device=device))
-        else:
-            self.register_parameter("bias", None)
+        self._init_bias(bias, device, dtype)
         #: The forward path in use: "reference" (dequantize, then F.linear) or a fast kernel's name.
         self.kernel = kernels.REFERENCE
 
@@ -75,38 +62,6 @@ class CodebookLinear(CompressedLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.dequantize().to(device=x.device, dtype=x.dtype), bias)
-
-    # ------------------------------------------------------------------ editing helpers
-
-    def _device(self) -> torch.device:
-        return getattr(self, self.STORED[0]).device
-
-    def _check_keep(self, keep: torch.Tensor) -> torch.Tensor:
-        """``keep`` as a bool tensor on the layer's device, combined with the recorded mask."""
-        return self._combined_keep(keep)
-
-    def _set_mask(self, keep: torch.Tensor | None) -> None:
-        if keep is not None:
-            record_mask(self, keep)
-
-    # ------------------------------------------------------------------ accounting
-
-    def paqbench_storage_bits(self) -> int:
-        """Bits actually stored: every persistent buffer of the format, plus the bias."""
-        tensors = [getattr(self, name) for name in self.STORED if getattr(self, name, None) is not None]
-        if self.bias is not None:
-            tensors.append(self.bias)
-        return sum(t.numel() * t.element_size() * 8 for t in tensors)
-
-    def _apply(self, fn: Any, recurse: bool = True) -> CodebookLinear:
-        """``model.to(dtype)`` casts the bias but not the format's own float buffers
-        (tables, scales): they are the stored format. Device moves apply to everything."""
-        kept = {name: getattr(self, name) for name in self.FORMAT_FLOATS if getattr(self, name, None) is not None}
-        result = super()._apply(fn, recurse)
-        for name, tensor in kept.items():
-            device = getattr(self, name).device
-            setattr(self, name, tensor.to(device=device))
-        return result
 
 
 def used_and_inverse(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

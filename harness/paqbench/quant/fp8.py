@@ -112,10 +112,7 @@ class FP8Linear(CompressedLayer):
         scales = out_features if per_channel else 1
         self.register_buffer("weight_scale", torch.ones(scales, dtype=torch.float32, device=device))
         self._register_meta()
-        if bias:
-            self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device))
-        else:
-            self.register_parameter("bias", None)
+        self._init_bias(bias, device, dtype)
         #: The forward path in use (see the module docstring).
         self.kernel = kernels.REFERENCE
 

@@ -111,10 +111,7 @@ class QuantizedLinear(CompressedLayer):
             g_idx = torch.zeros(in_features, dtype=torch.int32, device=device)
         self.register_buffer("g_idx", g_idx)
         self._register_meta()
-        if bias:
-            self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device))
-        else:
-            self.register_parameter("bias", None)
+        self._init_bias(bias, device, dtype)
         #: The forward path in use: "reference" or a fast kernel's name.
         self.kernel = kernels.REFERENCE
         self._kernel: kernels.Kernel | None = None

@@ -34,14 +34,12 @@ layer: 4 + 256/576 = 4.44; at group 128: 4 + 2 = 6, which is why per channel is 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import torch
 from torch import nn
 
-from paqbench.layers.index import check_feature_index
-from paqbench.layers.sparsity import get_mask
-from paqbench.quant.codebook import CodebookLinear, lloyd_1d, nearest_sorted, used_and_inverse
+from paqbench.layers.sparsity import get_mask, record_mask
+from paqbench.quant.codebook import CodebookLinear, lloyd_1d, nearest_sorted
 from paqbench.quant.packing import pack, packed_length, unpack
 from paqbench.quant.quantizer import QuantConfig, group_params, keep_mask
 
@@ -54,9 +52,9 @@ class LUTLinear(CodebookLinear):
     name = "lut"
     description = "k-means lookup tables: codes index 2**bits fp16 values per channel or group."
     state_marker = "lut_meta"
-
-    STORED = ("qweight", "lut", "g_idx", "lut_meta")
-    FORMAT_FLOATS = ("lut",)
+    meta_fields = ("bits", "group_size", "in_features", "out_features")  # group_size -1: per channel
+    format_floats = ("lut",)
+    repr_fields = ("in_features", "out_features", "bits", "group_size")
 
     def __init__(
         self,
@@ -81,13 +79,8 @@ class LUTLinear(CodebookLinear):
                                                     dtype=torch.uint8, device=device))
         self.register_buffer("lut", torch.zeros(out_features, groups, 1 << bits, dtype=TABLE_DTYPE, device=device))
         self.register_buffer("g_idx", config.group_index(in_features, device=device).clamp_max(groups - 1))
-        self.register_buffer("lut_meta", torch.zeros(4, dtype=torch.int32, device=device))
-        self._write_meta()
+        self._register_meta()
         self._init_common(bias, device, dtype)
-
-    def _write_meta(self) -> None:
-        meta = [self.bits, self.group_size, self.in_features, self.out_features]
-        self.lut_meta = torch.tensor(meta, dtype=torch.int32, device=self.qweight.device)
 
     # ------------------------------------------------------------------ building
 
@@ -158,9 +151,7 @@ class LUTLinear(CodebookLinear):
             codes = torch.where(keep, codes, zero_code.gather(1, layer.g_idx.long().expand(out_features, -1)))
         layer.lut = table.view(out_features, groups, -1).contiguous()
         layer.qweight = pack(codes.to(torch.uint8), bits)
-        if bias is not None:
-            layer.bias = nn.Parameter(bias.detach().clone().to(device), requires_grad=bias.requires_grad)
-        layer._set_mask(mask.to(device) if mask is not None else None)
+        layer._carry_over(bias, mask)
         return layer
 
     @classmethod
@@ -191,68 +182,42 @@ class LUTLinear(CodebookLinear):
         index = self.g_idx.long().unsqueeze(0) * k + self.unpack_codes().long()
         return flat.gather(1, index)
 
-    def _invalidate(self) -> None:
-        self._write_meta()
-
     # ------------------------------------------------------------------ editing (pruning)
 
     @torch.no_grad()
     def zero_weights(self, keep: torch.Tensor) -> None:
         """Unstructured pruning: where ``keep`` is False the code becomes its table's zero
         entry, so the weight is exactly 0.0; the mask is recorded."""
-        keep = self._check_keep(keep)
+        keep = self._combined_keep(keep)
         zero_code = _zero_codes(self.lut).gather(1, self.g_idx.long().expand(self.out_features, -1))
         self.qweight = pack(torch.where(keep, self.unpack_codes(), zero_code.to(torch.uint8)), self.bits)
-        self._set_mask(keep)
+        record_mask(self, keep)
         self._invalidate()
 
     @torch.no_grad()
     def select_input_features(self, index: torch.Tensor) -> None:
         """Keep the input columns ``index`` (in that order); tables of groups no column
         uses any more are dropped."""
-        index = check_feature_index(index, self.in_features, "input", self._device())
+        index = self._check_index(index, "input")
         codes = self.unpack_codes().index_select(1, index)
-        used, self.g_idx = used_and_inverse(self.g_idx.index_select(0, index))
-        self.lut = self.lut.index_select(1, used).contiguous()
+        self.g_idx = self.g_idx.index_select(0, index)
+        self._compact("g_idx", lut=1)
         self.qweight = pack(codes, self.bits)
-        self.in_features = int(index.numel())
-        self._slice_mask(index, 1)
-        self._invalidate()
+        self._finish_slice(index, "input")
 
     @torch.no_grad()
     def select_output_features(self, index: torch.Tensor) -> None:
         """Keep the output rows ``index`` (in that order), with their tables and bias."""
-        index = check_feature_index(index, self.out_features, "output", self._device())
-        self.qweight = self.qweight.index_select(0, index).contiguous()
-        self.lut = self.lut.index_select(0, index).contiguous()
-        self._slice_bias(index)
-        self.out_features = int(index.numel())
-        self._slice_mask(index, 0)
-        self._invalidate()
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-            f"group_size={self.group_size}, bias={self.bias is not None}, kernel={self.kernel}"
-        )
+        self._select_rows(index, ("qweight", "lut"))
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
     def empty_from_state(cls, state_dict: Mapping[str, torch.Tensor], name: str, device: torch.device) -> LUTLinear:
         """An empty layer of the layout saved under ``name``."""
-        bits, group_size, in_features, out_features = (int(v) for v in state_dict[f"{name}.lut_meta"].tolist())
-        bias = state_dict.get(f"{name}.bias")
-        return cls(
-            in_features, out_features, bits, group_size, n_groups=state_dict[f"{name}.lut"].shape[1],
-            bias=bias is not None, device=device, dtype=bias.dtype if bias is not None else torch.float32,
-        )
-
-    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        bits, group_size, in_features, out_features = (int(v) for v in self.lut_meta.tolist())
-        self.bits, self.group_size = bits, group_size
-        self.in_features, self.out_features = in_features, out_features
+        bits, group_size, in_features, out_features = cls._saved_meta(state_dict, name)
+        return cls(in_features, out_features, bits, group_size, n_groups=state_dict[f"{name}.lut"].shape[1],
+                   device=device, **cls._saved_bias(state_dict, name))
 
 
 def _weighted_sse(

@@ -60,10 +60,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paqbench.layers.index import check_feature_index
-from paqbench.layers.sparsity import get_mask
+from paqbench.layers.sparsity import get_mask, record_mask
 from paqbench.quant import kernels
-from paqbench.quant.codebook import CodebookLinear, used_and_inverse
+from paqbench.quant.codebook import CodebookLinear
 from paqbench.quant.packing import pack, packed_length, unpack
 from paqbench.quant.quantizer import keep_mask
 
@@ -123,8 +122,9 @@ class NF4Linear(CodebookLinear):
     name = "nf4"
     description = "NormalFloat4 codes times a blockwise (optionally double-quantized) absmax."
     state_marker = "nf4_meta"
-
-    FORMAT_FLOATS = ("absmax2", "absmax_offset", "absmax")
+    meta_fields = ("block_size", "double_quant", "in_features", "out_features", "dq_block")
+    format_floats = ("absmax2", "absmax_offset", "absmax")
+    repr_fields = ("in_features", "out_features", "block_size", "double_quant")
 
     def __init__(
         self,
@@ -160,20 +160,12 @@ class NF4Linear(CodebookLinear):
             self.register_buffer("absmax_offset", torch.zeros(1, dtype=torch.float32, device=device))
             self.register_buffer("r_idx", r_idx.clamp_max(rows - 1).to(device))
             self.register_buffer("c_idx", c_idx.clamp_max(cols - 1).to(device))
-            stored = ("qweight", "g_idx", "qabsmax", "absmax2", "absmax_offset", "r_idx", "c_idx", "nf4_meta")
         else:
             self.register_buffer("absmax", torch.ones(out_features, nb, dtype=torch.float32, device=device))
-            stored = ("qweight", "g_idx", "absmax", "nf4_meta")
-        self.STORED = stored
-        self.register_buffer("nf4_meta", torch.zeros(5, dtype=torch.int32, device=device))
-        self._write_meta()
+        self._register_meta()
         self._init_common(bias, device, dtype)
         self._bnb: Any = None
         self._bnb_key: tuple[torch.device, torch.dtype] | None = None
-
-    def _write_meta(self) -> None:
-        meta = [self.block_size, int(self.double_quant), self.in_features, self.out_features, self.dq_block]
-        self.nf4_meta = torch.tensor(meta, dtype=torch.int32, device=self.qweight.device)
 
     # ------------------------------------------------------------------ building
 
@@ -226,9 +218,7 @@ class NF4Linear(CodebookLinear):
         if keep is not None:
             codes = torch.where(keep, codes, torch.full_like(codes, ZERO_CODE))
         layer.qweight = pack(codes.to(torch.uint8), 4)
-        if bias is not None:
-            layer.bias = nn.Parameter(bias.detach().clone().to(device), requires_grad=bias.requires_grad)
-        layer._set_mask(mask.to(device) if mask is not None else None)
+        layer._carry_over(bias, mask)
         return layer
 
     @classmethod
@@ -292,74 +282,44 @@ class NF4Linear(CodebookLinear):
     def zero_weights(self, keep: torch.Tensor) -> None:
         """Unstructured pruning: where ``keep`` is False the code becomes 7 (exactly 0.0).
         The mask is recorded (combined with any earlier one)."""
-        keep = self._check_keep(keep)
+        keep = self._combined_keep(keep)
         codes = self.unpack_codes()
         self.qweight = pack(torch.where(keep, codes, torch.full_like(codes, ZERO_CODE)), 4)
-        self._set_mask(keep)
+        record_mask(self, keep)
         self._invalidate()
 
     @torch.no_grad()
     def select_input_features(self, index: torch.Tensor) -> None:
         """Keep the input columns ``index`` (in that order): codes and ``g_idx`` are
         sliced, absmax blocks (and double-quant tile columns) no column uses are dropped."""
-        index = check_feature_index(index, self.in_features, "input", self._device())
+        index = self._check_index(index, "input")
         codes = self.unpack_codes().index_select(1, index)
-        used, self.g_idx = used_and_inverse(self.g_idx.index_select(0, index))
-        if self.double_quant:
-            self.qabsmax = self.qabsmax.index_select(1, used).contiguous()
-            used_tiles, self.c_idx = used_and_inverse(self.c_idx.index_select(0, used))
-            self.absmax2 = self.absmax2.index_select(1, used_tiles).contiguous()
+        self.g_idx = self.g_idx.index_select(0, index)
+        if self.double_quant:  # blocks no column uses, then tile columns no block uses
+            self._compact("g_idx", qabsmax=1, c_idx=0)
+            self._compact("c_idx", absmax2=1)
         else:
-            self.absmax = self.absmax.index_select(1, used).contiguous()
+            self._compact("g_idx", absmax=1)
         self.qweight = pack(codes, 4)
-        self.in_features = int(index.numel())
-        self._slice_mask(index, 1)
-        self._invalidate()
+        self._finish_slice(index, "input")
 
     @torch.no_grad()
     def select_output_features(self, index: torch.Tensor) -> None:
         """Keep the output rows ``index`` (in that order), with their absmax, tiles and bias."""
-        index = check_feature_index(index, self.out_features, "output", self._device())
-        self.qweight = self.qweight.index_select(0, index).contiguous()
-        if self.double_quant:
-            self.qabsmax = self.qabsmax.index_select(0, index).contiguous()
-            used_tiles, self.r_idx = used_and_inverse(self.r_idx.index_select(0, index))
-            self.absmax2 = self.absmax2.index_select(0, used_tiles).contiguous()
-        else:
-            self.absmax = self.absmax.index_select(0, index).contiguous()
-        self._slice_bias(index)
-        self.out_features = int(index.numel())
-        self._slice_mask(index, 0)
-        self._invalidate()
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, block_size={self.block_size}, "
-            f"double_quant={self.double_quant}, bias={self.bias is not None}, kernel={self.kernel}"
-        )
+        self._select_rows(index, ("qweight", "qabsmax", "r_idx") if self.double_quant else ("qweight", "absmax"))
+        if self.double_quant:  # tile rows no row uses any more
+            self._compact("r_idx", absmax2=0)
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
     def empty_from_state(cls, state_dict: Mapping[str, torch.Tensor], name: str, device: torch.device) -> NF4Linear:
         """An empty layer of the layout saved under ``name``."""
-        block_size, double_quant, in_features, out_features, dq_block = (
-            int(v) for v in state_dict[f"{name}.nf4_meta"].tolist()
-        )
-        bias = state_dict.get(f"{name}.bias")
+        block_size, double_quant, in_features, out_features, dq_block = cls._saved_meta(state_dict, name)
         blocks = state_dict[f"{name}.qabsmax" if double_quant else f"{name}.absmax"].shape[1]
         n_tiles = tuple(state_dict[f"{name}.absmax2"].shape) if double_quant else None
-        return cls(
-            in_features, out_features, block_size, bool(double_quant), dq_block, n_blocks=blocks, n_tiles=n_tiles,
-            bias=bias is not None, device=device, dtype=bias.dtype if bias is not None else torch.float32,
-        )
-
-    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        block_size, double_quant, in_features, out_features, dq_block = (int(v) for v in self.nf4_meta.tolist())
-        self.block_size, self.double_quant, self.dq_block = block_size, bool(double_quant), dq_block
-        self.in_features, self.out_features = in_features, out_features
-        self._invalidate()
+        return cls(in_features, out_features, block_size, bool(double_quant), dq_block, n_blocks=blocks,
+                   n_tiles=n_tiles, device=device, **cls._saved_bias(state_dict, name))
 
 
 def _prepare_bitsandbytes(layer: NF4Linear, device: torch.device, dtype: torch.dtype) -> Any:

@@ -41,13 +41,11 @@ groups of ``dim`` aligned columns saves the most).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import torch
 from torch import nn
 
-from paqbench.layers.index import check_feature_index
-from paqbench.layers.sparsity import get_mask
+from paqbench.layers.sparsity import get_mask, record_mask
 from paqbench.quant.codebook import CodebookLinear, assign, kmeans, used_and_inverse
 from paqbench.quant.packing import pack, packed_length, unpack
 
@@ -61,8 +59,8 @@ class VQLinear(CodebookLinear):
     description = "Vector quantization: codes index a table of fp16 vectors of consecutive input weights."
     state_marker = "vq_meta"
 
-    STORED = ("qweight", "codebooks", "r_idx", "col_index", "qmask", "vq_meta")
-    FORMAT_FLOATS = ("codebooks",)
+    meta_fields = ("bits", "dim", "in_features", "out_features", "n_vectors", "rows_per_codebook")
+    format_floats = ("codebooks",)
 
     def __init__(
         self,
@@ -104,13 +102,8 @@ class VQLinear(CodebookLinear):
         self.register_buffer("col_index", torch.arange(in_features, dtype=torch.int32, device=device))
         qmask = torch.ones(out_features, packed_length(in_features, 1), dtype=torch.uint8, device=device)
         self.register_buffer("qmask", qmask if masked else None)
-        self.register_buffer("vq_meta", torch.zeros(6, dtype=torch.int32, device=device))
-        self._write_meta()
+        self._register_meta()
         self._init_common(bias, device, dtype)
-
-    def _write_meta(self) -> None:
-        meta = [self.bits, self.dim, self.in_features, self.out_features, self.n_vectors, self.rows_per_codebook]
-        self.vq_meta = torch.tensor(meta, dtype=torch.int32, device=self.qweight.device)
 
     # ------------------------------------------------------------------ building
 
@@ -169,9 +162,7 @@ class VQLinear(CodebookLinear):
         layer.qweight = pack(codes.to(torch.uint8), bits)
         if keep is not None:
             layer.qmask = pack(keep.to(torch.uint8), 1)
-            layer._set_mask(keep)
-        if bias is not None:
-            layer.bias = nn.Parameter(bias.detach().clone().to(device), requires_grad=bias.requires_grad)
+        layer._carry_over(bias, keep)
         return layer
 
     @classmethod
@@ -205,54 +196,41 @@ class VQLinear(CodebookLinear):
         keep = self.keep_bitmap()
         return weight if keep is None else weight * keep
 
-    def _invalidate(self) -> None:
-        self._write_meta()
-
     # ------------------------------------------------------------------ editing (pruning)
 
     @torch.no_grad()
     def zero_weights(self, keep: torch.Tensor) -> None:
         """Unstructured pruning: clear the pruned weights' bits in the keep bitmap
         (created on first use: +1 bit per weight); the mask is recorded."""
-        keep = self._check_keep(keep)
+        keep = self._combined_keep(keep)
         stored = self.keep_bitmap()
         if stored is not None:
             keep = keep & stored
         self.qmask = pack(keep.to(torch.uint8), 1)
-        self._set_mask(keep)
+        record_mask(self, keep)
         self._invalidate()
 
     @torch.no_grad()
     def select_input_features(self, index: torch.Tensor) -> None:
         """Keep the input columns ``index`` (in that order) without re-encoding: vectors
         with a kept column stay whole, ``col_index`` points into them, the rest are dropped."""
-        index = check_feature_index(index, self.in_features, "input", self._device())
+        index = self._check_index(index, "input")
         columns = self.col_index.long().index_select(0, index)
         used, vector = used_and_inverse(columns // self.dim)
         codes = self.unpack_codes().index_select(1, used)
         self.col_index = (vector.long() * self.dim + columns % self.dim).to(torch.int32)
         keep = self.keep_bitmap()
-        self.in_features = int(index.numel())
-        self.n_vectors = int(used.numel())
-        self.qweight = pack(codes, self.bits)
         if keep is not None:
             self.qmask = pack(keep.index_select(1, index).to(torch.uint8), 1)
-        self._slice_mask(index, 1)
-        self._invalidate()
+        self.n_vectors = int(used.numel())
+        self.qweight = pack(codes, self.bits)
+        self._finish_slice(index, "input")
 
     @torch.no_grad()
     def select_output_features(self, index: torch.Tensor) -> None:
         """Keep the output rows ``index`` (in that order); codebooks no row uses are dropped."""
-        index = check_feature_index(index, self.out_features, "output", self._device())
-        self.qweight = self.qweight.index_select(0, index).contiguous()
-        used, self.r_idx = used_and_inverse(self.r_idx.index_select(0, index))
-        self.codebooks = self.codebooks.index_select(0, used).contiguous()
-        if self.qmask is not None:
-            self.qmask = self.qmask.index_select(0, index).contiguous()
-        self._slice_bias(index)
-        self.out_features = int(index.numel())
-        self._slice_mask(index, 0)
-        self._invalidate()
+        self._select_rows(index, ("qweight", "r_idx", "qmask"))
+        self._compact("r_idx", codebooks=0)  # codebooks no kept row uses
 
     def extra_repr(self) -> str:
         return (
@@ -266,17 +244,8 @@ class VQLinear(CodebookLinear):
     @classmethod
     def empty_from_state(cls, state_dict: Mapping[str, torch.Tensor], name: str, device: torch.device) -> VQLinear:
         """An empty layer of the layout saved under ``name``."""
-        bits, dim, in_features, out_features, n_vectors, rows = (int(v) for v in state_dict[f"{name}.vq_meta"].tolist())
-        bias = state_dict.get(f"{name}.bias")
-        return cls(
-            in_features, out_features, bits, dim, rows, n_vectors=n_vectors,
-            n_codebooks=state_dict[f"{name}.codebooks"].shape[0], masked=f"{name}.qmask" in state_dict,
-            bias=bias is not None, device=device, dtype=bias.dtype if bias is not None else torch.float32,
-        )
-
-    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        bits, dim, in_features, out_features, n_vectors, rows = (int(v) for v in self.vq_meta.tolist())
-        self.bits, self.dim, self.rows_per_codebook = bits, dim, rows
-        self.in_features, self.out_features, self.n_vectors = in_features, out_features, n_vectors
+        bits, dim, in_features, out_features, n_vectors, rows = cls._saved_meta(state_dict, name)
+        return cls(in_features, out_features, bits, dim, rows, n_vectors=n_vectors,
+                   n_codebooks=state_dict[f"{name}.codebooks"].shape[0], masked=f"{name}.qmask" in state_dict,
+                   device=device, **cls._saved_bias(state_dict, name))
 

@@ -112,10 +112,7 @@ class Int8DynamicLinear(CompressedLayer):
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
         self._register_meta()
-        if bias:
-            self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device))
-        else:
-            self.register_parameter("bias", None)
+        self._init_bias(bias, device, dtype)
         #: The accumulation path in use (see the module docstring).
         self.kernel = kernels.REFERENCE
         self._accumulate: Accumulate | None = None
