@@ -14,7 +14,6 @@ from paqbench.export import TARGETS, capability_of
 from paqbench.export.layers import export_units
 from paqbench.export.roundtrip.compare import Tolerance
 from paqbench.export.run import export_model
-from paqbench.layers.contract import registered_formats
 from paqbench.layers.sparsity import get_mask, set_mask
 from paqbench.layers.structured import InputSelect, OutputScatter, install, prune_channels
 from paqbench.models.embedded import byte_tokenizer, tiny_random_llama
@@ -26,6 +25,7 @@ from paqbench.quant.nf4 import NF4Linear
 from paqbench.quant.quantizer import QuantConfig
 from paqbench.quant.vq import VQLinear
 from paqbench.quant.w8a8 import Int8DynamicLinear
+from paqbench.registry import registered_formats
 from tests.export_helpers import decoder_linears, needs_compressed_tensors, tiny_quantized, window_ids
 
 

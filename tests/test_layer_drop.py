@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from paqbench.measure.counting import count_parameters
 from paqbench.models.embedded import tiny_random_llama
-from paqbench.structure import angular_distances, block_influence
+from paqbench.structure.drop import angular_distances, block_influence
 from paqbench_plugins.methods.prune.layer_drop import LayerDrop, LayerDropParams
 
 
@@ -180,7 +180,8 @@ def test_qwen2_layer_types_follow(make_context):
 
 
 def test_structured_then_layer_drop_keeps_per_block_sizes(make_context, tmp_path):
-    from paqbench.structure import block_parts, load_structured
+    from paqbench.models.saved import load_structured
+    from paqbench.structure import block_parts
     from paqbench_plugins.methods.prune.structured import Structured, StructuredParams
 
     model = tiny_random_llama(num_hidden_layers=4)

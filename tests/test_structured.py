@@ -15,8 +15,9 @@ from torch import nn
 from paqbench.layers import UnsupportedLayerError
 from paqbench.measure.counting import count_parameters
 from paqbench.models.embedded import tiny_random_llama
+from paqbench.models.saved import load_structured
 from paqbench.quant import QuantConfig, QuantizedLinear
-from paqbench.structure import block_parts, load_structured
+from paqbench.structure import block_parts
 from paqbench.structure.importance import weight_gradients
 from paqbench_plugins.methods.prune.l1_structured import L1Structured, L1StructuredParams
 from paqbench_plugins.methods.prune.structured import Structured, StructuredParams, allocate

@@ -130,3 +130,11 @@ def get_registry() -> Registry:
     from paqbench.plugin_manager import get_plugin_manager
 
     return Registry.from_plugin_manager(get_plugin_manager())
+
+
+def registered_formats() -> dict[str, type[CompressedLayer]]:
+    """Registered compressed-layer formats by name (loads the plugins on first use).
+
+    Here rather than in :mod:`paqbench.layers.contract`: the contract is a base class the
+    registry checks plugins against, so the contract must not import the registry."""
+    return {name: entry.cls for name, entry in get_registry().entries["formats"].items()}

@@ -36,10 +36,10 @@ from paqbench.layers.contract import (
     SLICE_OUTPUTS,
     ZERO_WEIGHTS,
     CompressedLayer,
-    registered_formats,
 )
 from paqbench.layers.kinds import UnsupportedLayerError
 from paqbench.layers.sparsity import get_mask
+from paqbench.registry import registered_formats
 
 Factory = Callable[[], CompressedLayer]
 

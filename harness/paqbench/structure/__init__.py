@@ -9,8 +9,10 @@ fewer heads, fewer blocks, and a config that says so.
 * :mod:`~paqbench.structure.importance` scores channel and KV groups (L1, L2, Taylor).
 * :mod:`~paqbench.structure.shrink` slices the coupled projections.
 * :mod:`~paqbench.structure.config` writes the new sizes to the config and rebuilds them
-  on load (:func:`load_structured`).
-* :mod:`~paqbench.structure.drop` scores and removes whole decoder blocks.
+  on load (:func:`paqbench.models.saved.load_structured` loads a saved model).
+* :mod:`~paqbench.structure.drop` scores and removes whole decoder blocks. It is not
+  imported here: it drives blocks through :mod:`paqbench.quant.sequential`, and
+  :mod:`paqbench.quant.linear` imports this package to rebuild shrunk blocks on load.
 """
 
 from paqbench.structure.blocks import BlockParts, block_parts
@@ -18,22 +20,16 @@ from paqbench.structure.config import (
     STRUCTURE_KEY,
     BlockSizes,
     block_sizes,
-    load_structured,
     rebuild_blocks,
     record_structure,
 )
-from paqbench.structure.drop import angular_distances, block_influence, drop_blocks
 
 __all__ = [
     "STRUCTURE_KEY",
     "BlockParts",
     "BlockSizes",
-    "angular_distances",
-    "block_influence",
     "block_parts",
     "block_sizes",
-    "drop_blocks",
-    "load_structured",
     "rebuild_blocks",
     "record_structure",
 ]

@@ -1,4 +1,4 @@
-"""Keep the model config in step with really-shrunk blocks, and load such models back.
+"""Keep the model config in step with really-shrunk blocks, and rebuild them on load.
 
 transformers builds every block from one config, so a model whose blocks all shrank
 alike is described by updating ``intermediate_size``, ``num_attention_heads`` and
@@ -7,9 +7,10 @@ alike is described by updating ``intermediate_size``, ``num_attention_heads`` an
 When the blocks differ (skipped first/last blocks, global ranking) or the uniform sizes
 fail the config's own validation (Llama requires ``hidden_size % num_attention_heads ==
 0``), the per-block sizes are recorded under ``config.paqbench_structure`` and the
-uniform fields keep describing the unpruned layout; :func:`load_structured` (or
-:func:`paqbench.quant.load_quantized`, which calls :func:`rebuild_blocks`) builds the
-model from the config, shrinks each block to its recorded sizes, then loads the weights.
+uniform fields keep describing the unpruned layout;
+:func:`paqbench.models.saved.load_structured` (or :func:`paqbench.quant.load_quantized`,
+which calls :func:`rebuild_blocks`) builds the model from the config, shrinks each block
+to its recorded sizes, then loads the weights.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -171,20 +171,3 @@ def _reshape_block(parts: BlockParts, sizes: BlockSizes) -> None:
     if hasattr(parts.mlp, "intermediate_size"):
         parts.mlp.intermediate_size = sizes.intermediate_size
     update_attention_attributes(parts.attn, sizes.num_attention_heads, sizes.num_key_value_heads)
-
-
-def load_structured(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device | None = None):
-    """Load a causal LM saved after structured pruning (and any quantization): build it
-    from its saved config, shrink blocks to their recorded sizes, load the weights.
-    Uniformly pruned or layer-dropped models also load with plain ``from_pretrained``."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from paqbench.quant.linear import load_quantized
-
-    config = AutoConfig.from_pretrained(str(path))
-    kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = AutoModelForCausalLM.from_config(config, **kwargs)
-    if device is not None:
-        model.to(device)
-    load_quantized(model, path)
-    return model.eval()
