@@ -8,15 +8,17 @@ from collections.abc import Mapping
 import torch
 
 
-def summarize(layers: Mapping[str, torch.nn.Module]) -> dict[str, object]:
-    """Facts for the report: how many layers, at what bits per weight, on which kernels.
+def storage_facts(layers: Mapping[str, torch.nn.Module]) -> dict[str, object]:
+    """How many layers, at what bits per weight (stored bits over weights).
 
-    Each layer is a packed format with ``out_features``, ``in_features``,
-    ``paqbench_storage_bits()`` and a ``kernel`` name."""
+    Each layer is a packed format with ``out_features``, ``in_features`` and
+    ``paqbench_storage_bits()``."""
     weights = sum(layer.out_features * layer.in_features for layer in layers.values())
     bits = sum(layer.paqbench_storage_bits() for layer in layers.values())
-    return {
-        "layers": len(layers),
-        "bits_per_weight": bits / weights if weights else 0.0,
-        "kernels": dict(Counter(layer.kernel for layer in layers.values())),
-    }
+    return {"layers": len(layers), "bits_per_weight": bits / weights if weights else 0.0}
+
+
+def summarize(layers: Mapping[str, torch.nn.Module]) -> dict[str, object]:
+    """Facts for the report: :func:`storage_facts` and on which kernels the layers run
+    (each has a ``kernel`` name)."""
+    return {**storage_facts(layers), "kernels": dict(Counter(layer.kernel for layer in layers.values()))}

@@ -9,11 +9,10 @@ import torch
 from pydantic import Field
 
 from paqbench import Method, Params, RunContext, hookimpl
-from paqbench.blockwise.driver import each_target
-from paqbench.layers import check_supported, select_targets
+from paqbench.blockwise.steps import replace_targets
 from paqbench.quant.fp8 import FP8Linear
-from paqbench.quant.linear import replace_module
 from paqbench.quant.params import Targets
+from paqbench.quant.summary import storage_facts
 
 
 class FP8Params(Params):
@@ -42,24 +41,10 @@ class FP8(Method):
 
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, params: FP8Params, ctx: RunContext) -> dict[str, object]:
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
-        names = list(targets)
-        del targets
         per_channel = params.weight_scale == "per-channel"
-        layers: dict[str, FP8Linear] = {}
-        for name, linear in each_target(model, names, ctx.progress, "fp8"):
-            layer = FP8Linear.from_linear(linear, params.activations, per_channel)
-            replace_module(model, name, layer)
-            layers[name] = layer
-        weights = sum(layer.out_features * layer.in_features for layer in layers.values())
-        bits = sum(layer.paqbench_storage_bits() for layer in layers.values())
-        return {
-            "layers": len(layers),
-            "bits_per_weight": bits / weights if weights else 0.0,
-            "activations": params.activations,
-            "weight_scale": params.weight_scale,
-        }
+        layers = replace_targets(model, params.targets, self, ctx,
+                                 lambda _, linear: FP8Linear.from_linear(linear, params.activations, per_channel))
+        return {**storage_facts(layers), "activations": params.activations, "weight_scale": params.weight_scale}
 
 
 @hookimpl

@@ -13,10 +13,10 @@ import torch
 from pydantic import Field
 
 from paqbench import Method, Params, RunContext, hookimpl
-from paqbench.blockwise.driver import each_target
-from paqbench.layers import check_supported, get_mask, select_targets
+from paqbench.blockwise.steps import replace_targets
+from paqbench.layers import get_mask
 from paqbench.quant.hqq import HQQConfig, quantize_hqq
-from paqbench.quant.linear import QuantizedLinear, replace_module
+from paqbench.quant.linear import QuantizedLinear
 from paqbench.quant.params import GroupSize, Targets
 from paqbench.quant.quantizer import QuantConfig, keep_mask
 from paqbench.quant.summary import summarize
@@ -57,22 +57,17 @@ class HQQ(Method):
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, params: HQQParams, ctx: RunContext) -> dict[str, object]:
         config, solver = params.quant_config(), params.solver()
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
-        names = list(targets)
-        del targets  # hold no reference to a replaced float layer
-        layers: dict[str, QuantizedLinear] = {}
-        groups = hqq_groups = 0
-        for name, linear in each_target(model, names, ctx.progress, "hqq"):
+        counts = [0, 0]  # groups, groups that kept HQQ's grid
+
+        def convert(_: str, linear: torch.nn.Linear) -> QuantizedLinear:
             result = quantize_hqq(linear.weight, config, keep_mask(linear), solver)
-            layer = QuantizedLinear.from_quantized(result.quantized, linear.bias, get_mask(linear),
-                                                   dtype=linear.weight.dtype)
-            replace_module(model, name, layer)
-            layers[name] = layer
-            groups += result.groups
-            hqq_groups += result.hqq_groups
-        facts = summarize(layers)
-        facts["hqq_group_fraction"] = hqq_groups / groups if groups else 0.0
+            counts[0] += result.groups
+            counts[1] += result.hqq_groups
+            return QuantizedLinear.from_quantized(result.quantized, linear.bias, get_mask(linear),
+                                                  dtype=linear.weight.dtype)
+
+        facts = summarize(replace_targets(model, params.targets, self, ctx, convert))
+        facts["hqq_group_fraction"] = counts[1] / counts[0] if counts[0] else 0.0
         return facts
 
 

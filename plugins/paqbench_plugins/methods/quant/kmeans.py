@@ -18,11 +18,9 @@ import torch
 from pydantic import Field
 
 from paqbench import Method, Params, RunContext, hookimpl
-from paqbench.blockwise.driver import each_target
 from paqbench.blockwise.offload import offload_of
-from paqbench.layers import check_supported, select_targets
+from paqbench.blockwise.steps import checked_targets, replace_each
 from paqbench.quant.codebook import input_second_moments
-from paqbench.quant.linear import replace_module
 from paqbench.quant.lut import LUTLinear
 from paqbench.quant.params import Targets
 from paqbench.quant.summary import summarize
@@ -68,8 +66,7 @@ class KMeans(Method):
 
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, params: KMeansParams, ctx: RunContext) -> dict[str, Any] | None:
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
+        targets = checked_targets(model, params.targets, self, ctx)
         importance = None
         if params.weighted:
             if offload_of(model) is not None:
@@ -78,15 +75,14 @@ class KMeans(Method):
             importance = input_second_moments(model, targets, ctx.calibration_batches(), ctx.progress)
         names = list(targets)
         del targets  # hold no reference to a replaced float layer
-        layers: dict[str, LUTLinear] = {}
-        for name, linear in each_target(model, names, ctx.progress, "kmeans"):
-            layer = LUTLinear.from_linear(
+
+        def convert(name: str, linear: torch.nn.Linear) -> LUTLinear:
+            return LUTLinear.from_linear(
                 linear, params.bits, params.table_group_size,
                 importance=None if importance is None else importance.pop(name), iterations=params.iterations,
             )
-            replace_module(model, name, layer)
-            layers[name] = layer
-        facts = summarize(layers)
+
+        facts = summarize(replace_each(model, names, ctx, self.name, convert))
         if params.weighted:
             facts["calibration_windows"] = len(ctx.calibration_batches())
         return facts

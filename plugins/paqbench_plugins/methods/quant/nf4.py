@@ -15,9 +15,7 @@ import torch
 from pydantic import Field
 
 from paqbench import Method, Params, RunContext, hookimpl
-from paqbench.blockwise.driver import each_target
-from paqbench.layers import check_supported, select_targets
-from paqbench.quant.linear import replace_module
+from paqbench.blockwise.steps import replace_targets
 from paqbench.quant.nf4 import NF4Linear
 from paqbench.quant.params import Targets
 from paqbench.quant.summary import summarize
@@ -53,18 +51,10 @@ class NF4(Method):
 
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, params: NF4Params, ctx: RunContext) -> dict[str, Any] | None:
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
-        names = list(targets)
-        del targets  # hold no reference to a replaced float layer
-        layers: dict[str, NF4Linear] = {}
-        for name, linear in each_target(model, names, ctx.progress, "nf4"):
-            layer = NF4Linear.from_linear(
-                linear, params.block_size, params.double_quant, params.dq_block
-            )
-            replace_module(model, name, layer)
-            layers[name] = layer
-        return summarize(layers)
+        def convert(_: str, linear: torch.nn.Linear) -> NF4Linear:
+            return NF4Linear.from_linear(linear, params.block_size, params.double_quant, params.dq_block)
+
+        return summarize(replace_targets(model, params.targets, self, ctx, convert))
 
 
 @hookimpl

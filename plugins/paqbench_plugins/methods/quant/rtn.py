@@ -13,9 +13,8 @@ from typing import Any
 import torch
 
 from paqbench import Method, RunContext, hookimpl
-from paqbench.blockwise.driver import each_target
-from paqbench.layers import check_supported, select_targets
-from paqbench.quant.linear import QuantizedLinear, replace_module
+from paqbench.blockwise.steps import replace_targets
+from paqbench.quant.linear import QuantizedLinear
 from paqbench.quant.params import WeightQuantParams
 from paqbench.quant.summary import summarize
 
@@ -38,16 +37,8 @@ class RTN(Method):
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, params: WeightQuantParams, ctx: RunContext) -> dict[str, Any] | None:
         config = params.quant_config()
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
-        names = list(targets)
-        del targets  # hold no reference to a replaced float layer: its memory is freed as we go
-        layers: dict[str, QuantizedLinear] = {}
-        for name, linear in each_target(model, names, ctx.progress, "rtn"):
-            layer = QuantizedLinear.from_linear(linear, config)
-            replace_module(model, name, layer)
-            layers[name] = layer
-        return summarize(layers)
+        return summarize(replace_targets(model, params.targets, self, ctx,
+                                         lambda _, linear: QuantizedLinear.from_linear(linear, config)))
 
 
 @hookimpl

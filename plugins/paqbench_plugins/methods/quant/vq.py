@@ -10,16 +10,15 @@ the codebooks.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from paqbench import Method, Params, RunContext, hookimpl
-from paqbench.layers import check_supported, select_targets
+from paqbench.blockwise.steps import checked_targets, replace_each
 from paqbench.quant.codebook import input_second_moments
-from paqbench.quant.linear import replace_module
-from paqbench.quant.params import Targets
+from paqbench.quant.params import Targets, refuse_zero
 from paqbench.quant.summary import summarize
 from paqbench.quant.vq import VQLinear
 
@@ -30,7 +29,9 @@ class VQParams(Params):
         8, ge=1, le=8, description="bits per vector index: 2**codebook_bits codewords (bits per weight: "
         "codebook_bits / dim, plus the codebooks)"
     )
-    rows_per_codebook: int = Field(
+    rows_per_codebook: Annotated[
+        int, refuse_zero("rows_per_codebook must be positive, or -1 for one codebook per layer")
+    ] = Field(
         -1, ge=-1, description="output rows sharing one codebook; -1: one codebook per layer"
     )
     iterations: int = Field(10, ge=0, description="Lloyd iterations after k-means++ seeding (stops early)")
@@ -39,13 +40,6 @@ class VQParams(Params):
         "calibration windows (one forward of the model over them)"
     )
     targets: Targets = None
-
-    @field_validator("rows_per_codebook")
-    @classmethod
-    def _not_zero(cls, value: int) -> int:
-        if value == 0:
-            raise ValueError("rows_per_codebook must be positive, or -1 for one codebook per layer")
-        return value
 
 
 class VQ(Method):
@@ -66,8 +60,7 @@ class VQ(Method):
 
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, params: VQParams, ctx: RunContext) -> dict[str, Any] | None:
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
+        targets = checked_targets(model, params.targets, self, ctx)
         for name, module in targets.items():  # fail before changing anything
             if module.in_features % params.dim:
                 raise ValueError(
@@ -80,16 +73,16 @@ class VQ(Method):
             importance = input_second_moments(model, targets, ctx.calibration_batches(), ctx.progress)
         names = list(targets)
         del targets  # hold no reference to a replaced float layer
-        layers: dict[str, VQLinear] = {}
-        for number, name in enumerate(ctx.progress(names, "vq", total=len(names))):
-            layer = VQLinear.from_linear(
-                model.get_submodule(name), params.codebook_bits, params.dim, params.rows_per_codebook,
+        numbers = {name: number for number, name in enumerate(names)}  # each layer's seed offset
+
+        def convert(name: str, linear: torch.nn.Linear) -> VQLinear:
+            return VQLinear.from_linear(
+                linear, params.codebook_bits, params.dim, params.rows_per_codebook,
                 importance=None if importance is None else importance.pop(name), iterations=params.iterations,
-                seed=ctx.seed * 100003 + number,
+                seed=ctx.seed * 100003 + numbers[name],
             )
-            replace_module(model, name, layer)
-            layers[name] = layer
-        facts = summarize(layers)
+
+        facts = summarize(replace_each(model, names, ctx, self.name, convert))
         if params.weighted:
             facts["calibration_windows"] = len(ctx.calibration_batches())
         return facts

@@ -3,16 +3,14 @@ quantized at run time), with an int8 matmul where the platform has an exact one.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import torch
 
 from paqbench import Method, RunContext, hookimpl
-from paqbench.blockwise.driver import each_target
-from paqbench.layers import check_supported, select_targets
-from paqbench.quant.linear import replace_module
+from paqbench.blockwise.steps import replace_targets
 from paqbench.quant.params import TargetParams
+from paqbench.quant.summary import summarize
 from paqbench.quant.w8a8 import Int8DynamicLinear
 
 
@@ -36,23 +34,13 @@ class W8A8(Method):
 
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, params: W8A8Params, ctx: RunContext) -> dict[str, Any] | None:
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
-        names = list(targets)
-        del targets
-        layers: dict[str, Int8DynamicLinear] = {}
-        for name, source in each_target(model, names, ctx.progress, "w8a8"):
-            layer = Int8DynamicLinear.from_linear(source)
-            layer.select_kernel(source.weight.device, source.weight.dtype)  # record the path a forward will take
-            replace_module(model, name, layer)
-            layers[name] = layer
-        weights = sum(layer.out_features * layer.in_features for layer in layers.values())
-        bits = sum(layer.paqbench_storage_bits() for layer in layers.values())
-        return {
-            "layers": len(layers),
-            "bits_per_weight": bits / weights if weights else 0.0,
-            "kernels": dict(Counter(layer.kernel for layer in layers.values())),
-        }
+        return summarize(replace_targets(model, params.targets, self, ctx, _int8_layer))
+
+
+def _int8_layer(_: str, source: torch.nn.Linear) -> Int8DynamicLinear:
+    layer = Int8DynamicLinear.from_linear(source)
+    layer.select_kernel(source.weight.device, source.weight.dtype)  # record the path a forward will take
+    return layer
 
 
 @hookimpl
