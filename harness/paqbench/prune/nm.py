@@ -14,9 +14,11 @@ that would not be a valid pattern.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 _PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
@@ -55,6 +57,15 @@ def check_width(columns: int, pattern: NMPattern, layer: str = "the layer") -> N
             f"N:M pattern {pattern} needs the input width to be a multiple of {pattern.m}, "
             f"but {layer} has {columns} input columns"
         )
+
+
+def check_widths(layers: Mapping[str, nn.Module], pattern: NMPattern | None) -> None:
+    """Refuse, before any work, the first of ``layers`` whose input width ``pattern``
+    does not tile (no pattern: nothing to check)."""
+    if pattern is None:
+        return
+    for name, module in layers.items():
+        check_width(int(module.in_features), pattern, repr(name))
 
 
 @torch.no_grad()

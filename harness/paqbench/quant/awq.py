@@ -49,12 +49,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
 
-from paqbench.layers import get_mask, layer_kind
+from paqbench.layers import capabilities, get_mask, layer_kind
+from paqbench.layers.contract import FLOAT_WEIGHT
 from paqbench.quant.linear import QuantizedLinear, replace_module
 from paqbench.quant.quantizer import QuantConfig, keep_mask, minmax_params, quantize_codes, quantize_rtn
 from paqbench.quant.sequential import BlockInputs, record_inputs
@@ -95,26 +96,41 @@ class AWQConfig:
 
 
 @dataclass
-class GroupResult:
-    """The chosen scale of one group, with the search objective at alpha = 0 (RTN) and
-    at the chosen alpha."""
+class ScaleChoice:
+    """The scale vector one group got, at which alpha (AWQ and SmoothQuant alike)."""
 
     group: ScaleGroup
     alpha: float
     scales: torch.Tensor
+
+
+@dataclass
+class GroupResult(ScaleChoice):
+    """With the search objective at alpha = 0 (RTN) and at the chosen alpha."""
+
     loss: float
     rtn_loss: float
 
 
+G = TypeVar("G", bound=ScaleChoice)
+Q = TypeVar("Q", bound=nn.Module)
+
+
 @dataclass
-class BlockResult:
-    groups: list[GroupResult] = field(default_factory=list)
+class ScaledBlock(Generic[G, Q]):
+    """What scaling one decoder block did, per scale group and per targeted layer."""
+
+    groups: list[G] = field(default_factory=list)
     #: targeted layer (relative name) -> why it got no scale
     unscaled: dict[str, str] = field(default_factory=dict)
+    #: relative name -> the quantized layer that replaced it
+    quantized: dict[str, Q] = field(default_factory=dict)
+
+
+@dataclass
+class BlockResult(ScaledBlock[GroupResult, QuantizedLinear]):
     #: clipped layer (relative name) -> mean shrink of its max-abs ranges (0 = none)
     clip_shrink: dict[str, float] = field(default_factory=dict)
-    #: relative name -> the quantized layer that replaced it
-    quantized: dict[str, QuantizedLinear] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------ math
@@ -267,13 +283,13 @@ def _group_problem(block: nn.Module, group: ScaleGroup) -> str | None:
     except AttributeError:
         return "the block lacks this scale group's modules"
     for name, layer in zip(group.layers, layers, strict=True):
-        if layer_kind(layer) not in ("dense", "pruned"):
+        if FLOAT_WEIGHT not in capabilities(layer):
             return f"{name} is {layer_kind(layer)} ({type(layer).__name__}), not a float Linear whose columns can scale"
     width = layers[0].in_features
     if any(layer.in_features != width for layer in layers):
         return "its layers have different input widths"
     if isinstance(prev, nn.Linear):
-        if layer_kind(prev) not in ("dense", "pruned"):
+        if FLOAT_WEIGHT not in capabilities(prev):
             return f"{group.prev} is not a float Linear whose rows can scale"
         if prev.out_features != width:
             return (f"{group.prev} has {prev.out_features} outputs and {group.layers[0]} {width} inputs "
@@ -386,7 +402,7 @@ def awq_block(
     layer_names = list(dict.fromkeys([name for g in groups for name in g.layers] + list(targets)))
     modules = {name: block.get_submodule(name) for name in layer_names}
     parents = {g.parent: block.get_submodule(g.parent) for g in groups if g.parent not in modules}
-    keeps = {name: keep_mask(module) if layer_kind(module) in ("dense", "pruned") else None
+    keeps = {name: keep_mask(module) if FLOAT_WEIGHT in capabilities(module) else None
              for name, module in modules.items()}
     captured = _capture(block, inputs, modules, parents)
 

@@ -11,18 +11,20 @@ requantized onto its own grid (scales, zero points and groups kept, codes rewrit
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 
 from paqbench import Method, RunContext, hookimpl
-from paqbench.blockwise.driver import OnloadedModules, calibrate_layers, check_inside_blocks
-from paqbench.layers import capabilities, check_supported, get_mask, layer_kind, require, select_targets
+from paqbench.blockwise.driver import OnloadedModules, calibrate_layers
+from paqbench.blockwise.steps import calibration_targets
+from paqbench.layers import capabilities, get_mask
 from paqbench.layers.contract import EXACT_GRID, FLOAT_WEIGHT
 from paqbench.layers.sparsity import MASK_BUFFER
 from paqbench.prune.masks import pruning_facts
-from paqbench.prune.nm import check_width
+from paqbench.prune.nm import check_widths
 from paqbench.prune.params import SparsityParams
 from paqbench.prune.sparsegpt import FixedGrid, sparsegpt_prune
 from paqbench.quant.gptq import HessianAccumulator
@@ -85,22 +87,19 @@ class SparseGPT(Method):
     def apply(self, model: torch.nn.Module, params: SparseGPTParams, ctx: RunContext) -> dict[str, Any] | None:
         config = params.quant_config()
         pattern = params.nm
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
+
+        def check(targets: Mapping[str, torch.nn.Module]) -> None:  # fail before changing anything
+            for name, module in targets.items():
+                check_widths({name: module}, pattern)
+                if config is not None and FLOAT_WEIGHT not in capabilities(module):
+                    raise ValueError(
+                        f"step {ctx.current_step}: layer {name!r} is already quantized; sparsegpt prunes it on its "
+                        "own grid, so leave `bits` unset (or quantize after pruning)"
+                    )
+
         # a float weight to update, or an exact grid to requantize onto (asked, not a class)
-        require(targets, (FLOAT_WEIGHT, EXACT_GRID), self.name, ctx.current_step)
-        check_inside_blocks(model, targets, self.name)
-        for name, module in targets.items():  # fail before changing anything
-            if pattern is not None:
-                check_width(int(module.in_features), pattern, repr(name))
-            if config is not None and FLOAT_WEIGHT not in capabilities(module):
-                raise ValueError(
-                    f"step {ctx.current_step}: layer {name!r} is already quantized; sparsegpt prunes it on its "
-                    "own grid, so leave `bits` unset (or quantize after pruning)"
-                )
-        names = list(targets)
-        del targets  # hold no reference to a replaced layer
-        batches = ctx.calibration_batches()
+        names, batches = calibration_targets(model, params.targets, self, ctx, needs=(FLOAT_WEIGHT, EXACT_GRID),
+                                             check=check)
         stats = {"loss": 0.0, "dead_columns": 0, "max_damp": params.damp}
 
         def statistic(module: torch.nn.Module) -> HessianAccumulator:
@@ -144,7 +143,7 @@ class SparseGPT(Method):
         with OnloadedModules(model, names) as modules:  # weights on disk: one block at a time
             facts = {**pruning_facts(modules, pattern), "calibration_windows": len(batches), **stats}
         quantized = {n: m for n in names if isinstance(m := model.get_submodule(n), QuantizedLinear)}
-        if config is not None or any(layer_kind(m) == "quantized" for m in map(model.get_submodule, names)):
+        if config is not None or any(EXACT_GRID in capabilities(m) for m in map(model.get_submodule, names)):
             facts.update({k: v for k, v in summarize(quantized).items() if k != "layers"})
         return facts
 

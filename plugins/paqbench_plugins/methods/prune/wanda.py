@@ -14,10 +14,12 @@ import torch
 from pydantic import Field
 
 from paqbench import Method, RunContext, hookimpl
-from paqbench.blockwise.driver import OnloadedModules, calibrate_layers, check_inside_blocks
-from paqbench.layers import check_supported, get_mask, select_targets
+from paqbench.blockwise.driver import OnloadedModules, calibrate_layers
+from paqbench.blockwise.steps import calibration_targets
+from paqbench.layers import get_mask
+from paqbench.layers.contract import ZERO_WEIGHTS
 from paqbench.prune.masks import apply_keep_mask, current_weight, keep_lowest_dropped, pruning_facts
-from paqbench.prune.nm import check_width, nm_keep_mask
+from paqbench.prune.nm import check_widths, nm_keep_mask
 from paqbench.prune.params import SparsityParams
 from paqbench.prune.wanda import InputNormAccumulator, wanda_scores
 
@@ -55,16 +57,10 @@ class Wanda(Method):
     supports_offload = True  # weights reached through paqbench.blockwise.driver
 
     def apply(self, model: torch.nn.Module, params: WandaParams, ctx: RunContext) -> dict[str, Any] | None:
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
-        check_inside_blocks(model, targets, self.name)
         pattern = params.nm
-        if pattern is not None:  # fail before changing anything
-            for name, module in targets.items():
-                check_width(int(module.in_features), pattern, repr(name))
-        names = list(targets)
-        del targets
-        batches = ctx.calibration_batches()
+        # zeroing single weights is asked of every target before any work (not found mid-way)
+        names, batches = calibration_targets(model, params.targets, self, ctx, needs=ZERO_WEIGHTS,
+                                             check=lambda targets: check_widths(targets, pattern))
 
         def statistic(module: torch.nn.Module) -> InputNormAccumulator:
             return InputNormAccumulator(module.in_features, _device(module))

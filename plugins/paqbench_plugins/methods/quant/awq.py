@@ -15,8 +15,9 @@ from pydantic import Field
 from torch import nn
 
 from paqbench import Method, RunContext, hookimpl
-from paqbench.blockwise.driver import check_inside_blocks, each_block
-from paqbench.layers import check_supported, select_targets
+from paqbench.blockwise.driver import each_block
+from paqbench.blockwise.steps import calibration_targets
+from paqbench.layers.contract import FLOAT_WEIGHT
 from paqbench.quant.awq import AWQConfig, awq_block
 from paqbench.quant.linear import QuantizedLinear, replace_module
 from paqbench.quant.params import WeightQuantParams
@@ -65,12 +66,8 @@ class AWQ(Method):
     def apply(self, model: nn.Module, params: AWQParams, ctx: RunContext) -> dict[str, Any] | None:
         quant = params.quant_config()
         config = params.awq_config()
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
-        check_inside_blocks(model, targets, self.name, verb="quantize", instead="rtn")
-        names = list(targets)
-        del targets
-        batches = ctx.calibration_batches()
+        names, batches = calibration_targets(model, params.targets, self, ctx, needs=FLOAT_WEIGHT, verb="quantize",
+                                             instead="rtn")
         layers: dict[str, QuantizedLinear] = {}
         alphas: dict[str, float] = {}
         reductions: list[float] = []

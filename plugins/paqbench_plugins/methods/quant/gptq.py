@@ -14,8 +14,10 @@ from pydantic import Field
 from torch import nn
 
 from paqbench import Method, RunContext, hookimpl
-from paqbench.blockwise.driver import calibrate_layers, check_inside_blocks
-from paqbench.layers import check_supported, get_mask, select_targets
+from paqbench.blockwise.driver import calibrate_layers
+from paqbench.blockwise.steps import calibration_targets
+from paqbench.layers import get_mask
+from paqbench.layers.contract import FLOAT_WEIGHT
 from paqbench.quant.gptq import HessianAccumulator, gptq_quantize
 from paqbench.quant.linear import QuantizedLinear, replace_module
 from paqbench.quant.params import WeightQuantParams
@@ -66,12 +68,8 @@ class GPTQ(Method):
 
     def apply(self, model: nn.Module, params: GPTQParams, ctx: RunContext) -> dict[str, Any] | None:
         config = params.quant_config()
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
-        check_inside_blocks(model, targets, self.name, verb="quantize", instead="rtn")
-        names = list(targets)
-        del targets  # hold no reference to a replaced float layer: its memory is freed as we go
-        batches = ctx.calibration_batches()
+        names, batches = calibration_targets(model, params.targets, self, ctx, needs=FLOAT_WEIGHT, verb="quantize",
+                                             instead="rtn")
         layers: dict[str, QuantizedLinear] = {}
         stats = {"loss": 0.0, "dead_columns": 0, "max_damp": params.damp}
 

@@ -8,7 +8,6 @@ used and how much smoothing flattened the input's channel maxima.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from statistics import mean
 from typing import Any
 
@@ -16,11 +15,12 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from paqbench import Method, Params, RunContext, hookimpl
-from paqbench.blockwise.driver import check_inside_blocks, each_block
-from paqbench.layers import check_supported, select_targets
+from paqbench.blockwise.driver import each_block
+from paqbench.blockwise.steps import calibration_targets
 from paqbench.quant.linear import replace_module
 from paqbench.quant.sequential import BlockInputs
 from paqbench.quant.smoothquant import SmoothConfig, smooth_block
+from paqbench.quant.summary import summarize
 from paqbench.quant.w8a8 import Int8DynamicLinear
 
 
@@ -75,12 +75,7 @@ class SmoothQuant(Method):
 
     def apply(self, model: nn.Module, params: SmoothQuantParams, ctx: RunContext) -> dict[str, Any] | None:
         config = params.smooth_config()
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
-        check_inside_blocks(model, targets, self.name, verb="quantize", instead="w8a8")
-        names = list(targets)
-        del targets
-        batches = ctx.calibration_batches()
+        names, batches = calibration_targets(model, params.targets, self, ctx, verb="quantize", instead="w8a8")
         layers: dict[str, Int8DynamicLinear] = {}
         alphas: dict[str, float] = {}
         spreads: list[tuple[float, float]] = []
@@ -99,13 +94,10 @@ class SmoothQuant(Method):
 
         each_block(model, names, batches, process, method=self.name, verb="quantize", instead="w8a8",
                    progress=lambda it, desc, total: ctx.progress(it, desc, total))
-        weights = sum(layer.out_features * layer.in_features for layer in layers.values())
-        bits = sum(layer.paqbench_storage_bits() for layer in layers.values())
         return {
-            "layers": len(layers),
+            "layers": len(layers),  # first, as before: the key order of the facts is the report's
             "scaled_only": 0 if params.quantize else len(names),
-            "bits_per_weight": bits / weights if weights else 0.0,
-            "kernels": dict(Counter(layer.kernel for layer in layers.values())),
+            **summarize(layers),
             "calibration_windows": len(batches),
             "scale_groups": len(alphas),
             "alphas": alphas,
