@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import torch
 
 from paqbench.prune.nm import NMPattern, check_width
-from paqbench.quant.gptq import _inverse_hessian_factor
-from paqbench.quant.quantizer import SCALE_DTYPE, QuantConfig, QuantizedWeight, minmax_params, quantize_codes
+from paqbench.quant.gptq import _inverse_hessian_factor, working_copies
+from paqbench.quant.quantizer import QuantConfig, QuantizedWeight, minmax_params, quantize_codes
 
 
 @dataclass
@@ -84,11 +84,8 @@ def sparsegpt_prune(
     if quant is not None and grid is not None:
         raise ValueError("give either a fresh quantization config or a fixed grid, not both")
     device = hessian.device
-    W = weight.detach().to(device=device, dtype=torch.float32).clone()
-    H = hessian.detach().to(dtype=torch.float32).clone()
+    W, H = working_copies(weight, hessian)
     rows, cols = W.shape
-    if H.shape != (cols, cols):
-        raise ValueError(f"Hessian {tuple(H.shape)} does not match weight {tuple(W.shape)}")
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     if pattern is not None:
@@ -190,12 +187,6 @@ def sparsegpt_prune(
 
     quantized = None
     if quantizing:
-        quantized = QuantizedWeight(
-            codes=codes.contiguous(),
-            scales=scales.to(SCALE_DTYPE),
-            zeros=zeros.to(torch.uint8),
-            g_idx=g_idx.to(torch.int32).contiguous(),
-            config=config,
-        )
+        quantized = QuantizedWeight.from_solver(codes, scales, zeros, g_idx, config)
         W = quantized.dequantize()
     return SparseGPTResult(W, mask, quantized, float(loss), damp_used, int(dead.sum()))

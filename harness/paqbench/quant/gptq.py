@@ -32,7 +32,6 @@ from dataclasses import dataclass
 import torch
 
 from paqbench.quant.quantizer import (
-    SCALE_DTYPE,
     QuantConfig,
     QuantizedWeight,
     group_params,
@@ -74,6 +73,17 @@ class GPTQResult:
 
 
 @torch.no_grad()
+def working_copies(weight: torch.Tensor, hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 copies of ``weight`` ``[out, in]`` (moved to the Hessian's device) and of
+    ``hessian`` ``[in, in]`` that a second-order solver (GPTQ, SparseGPT) may overwrite;
+    refuses a Hessian of the wrong width."""
+    W = weight.detach().to(device=hessian.device, dtype=torch.float32).clone()
+    H = hessian.detach().to(dtype=torch.float32).clone()
+    if H.shape != (W.shape[1], W.shape[1]):
+        raise ValueError(f"Hessian {tuple(H.shape)} does not match weight {tuple(W.shape)}")
+    return W, H
+
+
 def gptq_quantize(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -88,11 +98,8 @@ def gptq_quantize(
     """Quantize ``weight`` ``[out, in]`` minimising ``||(W - Q) X||^2`` for the inputs
     whose Hessian is ``hessian`` ``[in, in]``; computed on the Hessian's device."""
     device = hessian.device
-    W = weight.detach().to(device=device, dtype=torch.float32).clone()
-    H = hessian.detach().to(dtype=torch.float32).clone()
+    W, H = working_copies(weight, hessian)
     rows, cols = W.shape
-    if H.shape != (cols, cols):
-        raise ValueError(f"Hessian {tuple(H.shape)} does not match weight {tuple(W.shape)}")
     maxq = config.maxq
     if keep is not None:
         keep = keep.to(device=device, dtype=torch.bool)
@@ -172,13 +179,7 @@ def gptq_quantize(
         inverse = torch.argsort(perm)
         codes = codes[:, inverse]
         g_idx = position_group[inverse]
-    quantized = QuantizedWeight(
-        codes=codes.contiguous(),
-        scales=scales.to(SCALE_DTYPE),
-        zeros=zeros.to(torch.uint8),
-        g_idx=g_idx.to(torch.int32).contiguous(),
-        config=config,
-    )
+    quantized = QuantizedWeight.from_solver(codes, scales, zeros, g_idx, config)
     return GPTQResult(quantized, float(loss), damp_used, int(dead.sum()))
 
 

@@ -15,10 +15,16 @@ from paqbench.interfaces import Params
 from paqbench.quant.quantizer import QuantConfig
 
 
-def _group_size_not_zero(value: int) -> int:
-    if value == 0:
-        raise ValueError("group_size must be positive, or -1 for one group per output channel")
-    return value
+def refuse_zero(message: str) -> AfterValidator:
+    """A validator for a size where -1 means "all": 0 is refused with ``message`` (the
+    range itself is the field's ``ge=-1``). One definition, so every such knob fails alike."""
+
+    def check(value: int) -> int:
+        if value == 0:
+            raise ValueError(message)
+        return value
+
+    return AfterValidator(check)
 
 
 #: Input columns sharing one scale and zero point; -1 is one group per output channel.
@@ -28,7 +34,7 @@ GroupSize = Annotated[
         ge=-1, description="input columns sharing one scale and zero point; -1: one per output channel. "
         "A width it does not divide gets a shorter last group"
     ),
-    AfterValidator(_group_size_not_zero),
+    refuse_zero("group_size must be positive, or -1 for one group per output channel"),
 ]
 
 #: Which layers a method compresses.

@@ -92,6 +92,15 @@ class QuantizedWeight:
     g_idx: torch.Tensor
     config: QuantConfig
 
+    @classmethod
+    def from_solver(
+        cls, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g_idx: torch.Tensor, config: QuantConfig
+    ) -> QuantizedWeight:
+        """The stored form of a column-by-column solver's working tensors (GPTQ,
+        SparseGPT): contiguous codes, scales in the storage dtype, uint8 zeros, int32 index."""
+        return cls(codes=codes.contiguous(), scales=scales.to(SCALE_DTYPE), zeros=zeros.to(torch.uint8),
+                   g_idx=g_idx.to(torch.int32).contiguous(), config=config)
+
     def dequantize(self) -> torch.Tensor:
         """The float32 weight the codes stand for."""
         return dequantize(self.codes, self.scales, self.zeros, self.g_idx)

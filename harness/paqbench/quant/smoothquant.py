@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from paqbench.quant.awq import LLAMA_GROUPS, ScaleGroup, fold_scales, plan_groups
+from paqbench.quant.awq import LLAMA_GROUPS, ScaleChoice, ScaledBlock, ScaleGroup, fold_scales, plan_groups
 from paqbench.quant.sequential import BlockInputs, collect_inputs
 from paqbench.quant.w8a8 import Int8DynamicLinear
 
@@ -70,24 +70,16 @@ class SmoothConfig:
 
 
 @dataclass
-class SmoothedGroup:
-    """One folded scale vector, with the spread of its input's channel maxima (largest
-    over mean) before and after smoothing."""
+class SmoothedGroup(ScaleChoice):
+    """With the spread of its input's channel maxima (largest over mean) before and
+    after smoothing."""
 
-    group: ScaleGroup
-    alpha: float
-    scales: torch.Tensor
     spread_before: float
     spread_after: float
 
 
-@dataclass
-class SmoothResult:
-    groups: list[SmoothedGroup] = field(default_factory=list)
-    #: targeted layer (relative name) -> why it got no scale
-    unscaled: dict[str, str] = field(default_factory=dict)
-    #: relative name -> the W8A8 layer that replaced it
-    quantized: dict[str, Int8DynamicLinear] = field(default_factory=dict)
+#: The groups of one block; ``quantized``: relative name -> the W8A8 layer that replaced it.
+SmoothResult = ScaledBlock[SmoothedGroup, Int8DynamicLinear]
 
 
 def smoothing_scales(act_max: torch.Tensor, weights: Sequence[torch.Tensor], alpha: float) -> torch.Tensor:

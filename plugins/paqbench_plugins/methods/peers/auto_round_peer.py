@@ -14,20 +14,21 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
 from paqbench import Params, RunContext, hookimpl
-from paqbench.layers import check_supported, select_targets
+from paqbench.blockwise.steps import checked_targets
 from paqbench.peers import ConversionRecord, Peer, PeerMethod
 from paqbench.peers.convert import ConversionError, install_packed, integer_weight, layer_facts
+from paqbench.peers.params import RequireExact, RowGroupSize
 
 PEER = Peer(module="auto_round", distribution="auto-round", extra="auto-round")
 
 
 class AutoRoundParams(Params):
     bits: Literal[2, 3, 4, 8] = Field(4, description="bits per weight code")
-    group_size: int = Field(128, ge=-1, description="input columns per scale and zero point; -1: one per row")
+    group_size: RowGroupSize = Field(128, ge=-1, description="input columns per scale and zero point; -1: one per row")
     symmetric: bool = Field(True, description="symmetric grid (auto-round's sym)")
     iters: int = Field(200, ge=0, description="tuning steps per block (auto-round's default 200; 0: RTN)")
     lr: float | None = Field(None, gt=0, description="learning rate of the rounding offsets; default: 1/iters")
@@ -36,20 +37,11 @@ class AutoRoundParams(Params):
         False, description="let auto-round tune in its mixed precision (bfloat16 on CPU), which casts the whole model "
         "to bfloat16 (recorded; cast back afterwards). Default: tune in the run's dtype"
     )
-    require_exact: bool = Field(
-        False, description="fail the step unless every layer converts bit for bit (else differences are recorded)"
-    )
+    require_exact: RequireExact = False
     targets: str | None = Field(
         None, description="regex over module names converted afterwards; default: the Linear layers inside decoder "
         "blocks (auto-round decides what it quantizes; a layer it changed outside these is an error)"
     )
-
-    @field_validator("group_size")
-    @classmethod
-    def _not_zero(cls, value: int) -> int:
-        if value == 0:
-            raise ValueError("group_size must be positive, or -1 for one group per output row")
-        return value
 
 
 class AutoRoundPeer(PeerMethod):
@@ -72,8 +64,7 @@ class AutoRoundPeer(PeerMethod):
         PEER.load()
         from auto_round import AutoRound
 
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
+        targets = checked_targets(model, params.targets, self, ctx)
         dtype_before = next(model.parameters()).dtype
         before = {name: module.weight.detach().clone() for name, module in targets.items()}
         facts = {name: layer_facts(module) for name, module in targets.items()}

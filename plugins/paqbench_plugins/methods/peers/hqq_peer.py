@@ -18,9 +18,11 @@ from pydantic import Field
 from torch import nn
 
 from paqbench import Params, RunContext, hookimpl
-from paqbench.layers import check_supported, select_targets
+from paqbench.blockwise.steps import checked_targets
 from paqbench.peers import ConversionRecord, Peer, PeerMethod
 from paqbench.peers.convert import install_dense, layer_facts
+from paqbench.peers.params import RequireExact
+from paqbench.quant.params import Targets
 
 PEER = Peer(module="hqq", distribution="hqq", extra="hqq")
 
@@ -35,12 +37,8 @@ class HQQLibParams(Params):
         "a size that does not divide the width makes groups run across rows)"
     )
     axis: Literal[0, 1] = Field(1, description="hqq's grouping axis (1: along input columns, its default)")
-    require_exact: bool = Field(
-        False, description="fail the step unless every layer converts bit for bit (else differences are recorded)"
-    )
-    targets: str | None = Field(
-        None, description="regex over module names; default: the Linear layers inside decoder blocks"
-    )
+    require_exact: RequireExact = False
+    targets: Targets = None
 
 
 class HQQLib(PeerMethod):
@@ -62,8 +60,7 @@ class HQQLib(PeerMethod):
         PEER.load()
         from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
 
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
+        targets = checked_targets(model, params.targets, self, ctx)
         names = list(targets)
         straddling = [n for n, m in targets.items() if params.axis == 1 and m.in_features % params.group_size]
         del targets

@@ -29,7 +29,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from paqbench import Params, RunContext, hookimpl
-from paqbench.layers import check_supported, select_targets
+from paqbench.blockwise.steps import checked_targets
 from paqbench.layers.sparsity import record_mask
 from paqbench.peers import ConversionRecord, Peer, PeerMethod
 from paqbench.peers.convert import (
@@ -41,6 +41,7 @@ from paqbench.peers.convert import (
     integer_weight,
     layer_facts,
 )
+from paqbench.peers.params import RequireExact
 
 PEER = Peer(module="llmcompressor", distribution="llmcompressor", extra="llmcompressor",
             note="it pins transformers 5.17: install it in its own environment, as tox -e peer-llmcompressor does")
@@ -63,9 +64,7 @@ class LLMCompressorParams(Params):
         None, description="llm-compressor's calibration pipeline (sequential, basic, independent, datafree); "
         "default: its own choice"
     )
-    require_exact: bool = Field(
-        False, description="fail the step unless every layer converts bit for bit (else differences are recorded)"
-    )
+    require_exact: RequireExact = False
     targets: str | None = Field(
         None, description="regex over module names converted afterwards; default: the Linear layers inside decoder "
         "blocks (the recipe's own targets/ignore decide what llm-compressor changes; a changed layer outside these "
@@ -105,8 +104,7 @@ class LLMCompressor(PeerMethod):
 
     def apply(self, model: nn.Module, params: LLMCompressorParams, ctx: RunContext) -> dict[str, Any]:
         PEER.load()
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
+        targets = checked_targets(model, params.targets, self, ctx)
         before = {name: module.weight.detach().clone() for name, module in targets.items()}
         facts = {name: layer_facts(module) for name, module in targets.items()}
         del targets

@@ -20,11 +20,11 @@ import math
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
 from paqbench import Params, RunContext, hookimpl
-from paqbench.layers import check_supported, select_targets
+from paqbench.blockwise.steps import checked_targets
 from paqbench.peers import ConversionRecord, Peer, PeerMethod
 from paqbench.peers.convert import (
     install_int8_dynamic,
@@ -33,6 +33,8 @@ from paqbench.peers.convert import (
     integer_weight,
     layer_facts,
 )
+from paqbench.peers.params import RequireExact, RowGroupSize
+from paqbench.quant.params import Targets
 
 PEER = Peer(module="torchao", distribution="torchao", extra="torchao")
 
@@ -44,26 +46,15 @@ class TorchAOParams(Params):
         "path), int8-weight-only (Int8WeightOnlyConfig), int8-dynamic-activation "
         "(Int8DynamicActivationInt8WeightConfig)"
     )
-    group_size: int = Field(
+    group_size: RowGroupSize = Field(
         128, ge=-1, description="input columns per scale (int4 and int8 weight-only); -1: one per output row. "
         "int8-dynamic-activation is always per row. Must divide every targeted layer's width"
     )
     symmetric: bool = Field(
         True, description="int4-weight-only: symmetric grid (MappingType.SYMMETRIC), else asymmetric"
     )
-    require_exact: bool = Field(
-        False, description="fail the step unless every layer converts bit for bit (else differences are recorded)"
-    )
-    targets: str | None = Field(
-        None, description="regex over module names; default: the Linear layers inside decoder blocks"
-    )
-
-    @field_validator("group_size")
-    @classmethod
-    def _not_zero(cls, value: int) -> int:
-        if value == 0:
-            raise ValueError("group_size must be positive, or -1 for one group per output row")
-        return value
+    require_exact: RequireExact = False
+    targets: Targets = None
 
 
 def torchao_config(torchao: Any, params: TorchAOParams, in_features: int) -> Any:
@@ -106,8 +97,7 @@ class TorchAO(PeerMethod):
     @torch.no_grad()
     def apply(self, model: nn.Module, params: TorchAOParams, ctx: RunContext) -> dict[str, Any]:
         torchao = PEER.load()
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
+        targets = checked_targets(model, params.targets, self, ctx)
         widths = {name: module.in_features for name, module in targets.items()}
         grouped = params.group_size != -1 and params.scheme != "int8-dynamic-activation"
         for name, width in widths.items():

@@ -14,16 +14,17 @@ style deployments quantize the table too; this method does, with the RTN grid of
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
 from paqbench import Method, Params, RunContext, hookimpl
 from paqbench.layers import UnsupportedLayerError, check_supported, layer_kind
 from paqbench.quant.embedding import QuantizedEmbedding, tie_quantized_head
 from paqbench.quant.linear import QuantizedLinear, replace_module
+from paqbench.quant.params import refuse_zero
 from paqbench.quant.quantizer import QuantConfig
 
 
@@ -31,7 +32,7 @@ class EmbeddingQuantParams(Params):
     """The grid of the token table (and of an untied LM head)."""
 
     bits: Literal[2, 3, 4, 8] = Field(4, description="bits per table entry (2, 3, 4 or 8)")
-    group_size: int = Field(
+    group_size: Annotated[int, refuse_zero("group_size must be positive, or -1 for one group per token row")] = Field(
         128, ge=-1, description="hidden-dim columns sharing one scale and zero point per token row; "
         "-1: one per row. A width it does not divide gets a shorter last group"
     )
@@ -40,13 +41,6 @@ class EmbeddingQuantParams(Params):
         True, description="also quantize an untied LM head (as a QuantizedLinear on the same grid); "
         "a tied head always follows the table"
     )
-
-    @field_validator("group_size")
-    @classmethod
-    def _group_size_not_zero(cls, value: int) -> int:
-        if value == 0:
-            raise ValueError("group_size must be positive, or -1 for one group per token row")
-        return value
 
     def quant_config(self) -> QuantConfig:
         return QuantConfig(bits=self.bits, group_size=self.group_size, symmetric=self.symmetric)
