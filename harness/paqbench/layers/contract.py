@@ -245,9 +245,16 @@ class CompressedLayer(nn.Module):
             setattr(self, name, getattr(self, name).index_select(dim, used).contiguous())
         return used
 
+    def _init_layout(
+        self, bias: bool = False, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    ) -> None:
+        """The end of a format's constructor, after its own buffers: the ``state_marker``
+        buffer holding the layout, then the bias."""
+        self._register_meta()
+        self._init_bias(bias, device, dtype)
+
     def _init_bias(self, bias: bool, device: torch.device | str | None, dtype: torch.dtype) -> None:
-        """A zero ``[out_features]`` bias parameter of ``dtype`` (or a registered None), for an
-        empty layer's constructor."""
+        """A zero ``[out_features]`` bias parameter of ``dtype`` (or a registered None)."""
         if bias:
             self.bias = nn.Parameter(torch.zeros(self.out_features, dtype=dtype, device=device))
         else:

@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS, ZERO_WEIGHTS, CompressedLayer
-from paqbench.quant import kernels
 
 if TYPE_CHECKING:
     from paqbench.export.capability import Capability
@@ -43,11 +42,6 @@ class CodebookLinear(CompressedLayer):
     :class:`CompressedLayer` (a subclass names its ``format_floats``: tables, absmax)."""
 
     capabilities = frozenset({ZERO_WEIGHTS, SLICE_INPUTS, SLICE_OUTPUTS})
-
-    def _init_common(self, bias: bool, device: torch.device | str | None, dtype: torch.dtype) -> None:
-        self._init_bias(bias, device, dtype)
-        #: The forward path in use: "reference" (dequantize, then F.linear) or a fast kernel's name.
-        self.kernel = kernels.REFERENCE
 
     def export_capability(self, target: str) -> Capability:
         """No export target has a codebook type: the weight is written dequantized."""

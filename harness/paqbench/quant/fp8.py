@@ -111,8 +111,7 @@ class FP8Linear(CompressedLayer):
         self.register_buffer("weight_fp8", torch.zeros(out_features, in_features, dtype=FP8, device=device))
         scales = out_features if per_channel else 1
         self.register_buffer("weight_scale", torch.ones(scales, dtype=torch.float32, device=device))
-        self._register_meta()
-        self._init_bias(bias, device, dtype)
+        self._init_layout(bias, device, dtype)
         #: The forward path in use (see the module docstring).
         self.kernel = kernels.REFERENCE
 

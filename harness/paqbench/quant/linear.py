@@ -52,6 +52,7 @@ from paqbench.layers.contract import (
 )
 from paqbench.layers.sparsity import get_mask, record_mask
 from paqbench.quant import kernels
+from paqbench.quant.grouped import GroupedCodes
 from paqbench.quant.packing import pack, packed_length, unpack
 from paqbench.quant.quantizer import (
     SCALE_DTYPE,
@@ -65,7 +66,7 @@ from paqbench.quant.quantizer import (
 if TYPE_CHECKING:
     from paqbench.export.capability import Capability
 
-class QuantizedLinear(CompressedLayer):
+class QuantizedLinear(GroupedCodes):
     """A linear layer whose weight is stored as packed low-bit codes."""
 
     name = "quantized-linear"
@@ -110,8 +111,7 @@ class QuantizedLinear(CompressedLayer):
         if groups != config.n_groups(in_features):
             g_idx = torch.zeros(in_features, dtype=torch.int32, device=device)
         self.register_buffer("g_idx", g_idx)
-        self._register_meta()
-        self._init_bias(bias, device, dtype)
+        self._init_layout(bias, device, dtype)
         #: The forward path in use: "reference" or a fast kernel's name.
         self.kernel = kernels.REFERENCE
         self._kernel: kernels.Kernel | None = None
@@ -159,10 +159,6 @@ class QuantizedLinear(CompressedLayer):
     @property
     def n_groups(self) -> int:
         return self.scales.shape[1]
-
-    def unpack_codes(self) -> torch.Tensor:
-        """The codes, uint8 ``[out, in]``."""
-        return unpack(self.qweight, self.bits, self.in_features)
 
     def unpack_zeros(self) -> torch.Tensor:
         """The zero points (codes), uint8 ``[out, G]``."""
@@ -237,12 +233,9 @@ class QuantizedLinear(CompressedLayer):
         """Structured pruning of input columns: keep the columns ``index`` (in that order).
         Codes are unpacked, sliced and repacked; ``g_idx`` is sliced with them, and groups
         no column uses any more are dropped (their scales and zeros too)."""
-        index = self._check_index(index, "input")
-        codes, zeros = self.unpack_codes().index_select(1, index), self.unpack_zeros()
-        self.g_idx = self.g_idx.index_select(0, index)
-        used = self._compact("g_idx", scales=1)
+        zeros = self.unpack_zeros()
+        index, used = self._slice_code_columns(index, scales=1)
         self.qzeros = pack(zeros.index_select(1, used), self.bits)
-        self.qweight = pack(codes, self.bits)
         self._finish_slice(index, "input")
 
     @torch.no_grad()

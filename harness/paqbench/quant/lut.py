@@ -40,13 +40,14 @@ from torch import nn
 
 from paqbench.layers.sparsity import get_mask, record_mask
 from paqbench.quant.codebook import CodebookLinear, lloyd_1d, nearest_sorted
-from paqbench.quant.packing import pack, packed_length, unpack
+from paqbench.quant.grouped import GroupedCodes
+from paqbench.quant.packing import pack, packed_length
 from paqbench.quant.quantizer import QuantConfig, group_params, keep_mask
 
 TABLE_DTYPE = torch.float16
 
 
-class LUTLinear(CodebookLinear):
+class LUTLinear(GroupedCodes, CodebookLinear):
     """A linear layer stored as codes into per-channel or per-group lookup tables."""
 
     name = "lut"
@@ -79,8 +80,7 @@ class LUTLinear(CodebookLinear):
                                                     dtype=torch.uint8, device=device))
         self.register_buffer("lut", torch.zeros(out_features, groups, 1 << bits, dtype=TABLE_DTYPE, device=device))
         self.register_buffer("g_idx", config.group_index(in_features, device=device).clamp_max(groups - 1))
-        self._register_meta()
-        self._init_common(bias, device, dtype)
+        self._init_layout(bias, device, dtype)
 
     # ------------------------------------------------------------------ building
 
@@ -171,10 +171,6 @@ class LUTLinear(CodebookLinear):
     def n_groups(self) -> int:
         return self.lut.shape[1]
 
-    def unpack_codes(self) -> torch.Tensor:
-        """The codes, uint8 ``[out, in]``."""
-        return unpack(self.qweight, self.bits, self.in_features)
-
     def dequantize(self) -> torch.Tensor:
         """The float32 weight: ``lut[o, g_idx[i], code[o, i]]``."""
         k = self.lut.shape[2]
@@ -198,11 +194,7 @@ class LUTLinear(CodebookLinear):
     def select_input_features(self, index: torch.Tensor) -> None:
         """Keep the input columns ``index`` (in that order); tables of groups no column
         uses any more are dropped."""
-        index = self._check_index(index, "input")
-        codes = self.unpack_codes().index_select(1, index)
-        self.g_idx = self.g_idx.index_select(0, index)
-        self._compact("g_idx", lut=1)
-        self.qweight = pack(codes, self.bits)
+        index, _ = self._slice_code_columns(index, lut=1)
         self._finish_slice(index, "input")
 
     @torch.no_grad()

@@ -63,7 +63,8 @@ from torch import nn
 from paqbench.layers.sparsity import get_mask, record_mask
 from paqbench.quant import kernels
 from paqbench.quant.codebook import CodebookLinear
-from paqbench.quant.packing import pack, packed_length, unpack
+from paqbench.quant.grouped import GroupedCodes
+from paqbench.quant.packing import pack, packed_length
 from paqbench.quant.quantizer import keep_mask
 
 #: The 16 NormalFloat4 values, exactly as bitsandbytes' ``dDequantizeNF4`` returns them.
@@ -116,12 +117,13 @@ def tiles(out_features: int, n_blocks: int, dq_block: int) -> tuple[torch.Tensor
     return r_idx, c_idx
 
 
-class NF4Linear(CodebookLinear):
+class NF4Linear(GroupedCodes, CodebookLinear):
     """A linear layer stored as NF4 codes with blockwise (double-quantized) absmax."""
 
     name = "nf4"
     description = "NormalFloat4 codes times a blockwise (optionally double-quantized) absmax."
     state_marker = "nf4_meta"
+    bits = 4
     meta_fields = ("block_size", "double_quant", "in_features", "out_features", "dq_block")
     format_floats = ("absmax2", "absmax_offset", "absmax")
     repr_fields = ("in_features", "out_features", "block_size", "double_quant")
@@ -162,8 +164,7 @@ class NF4Linear(CodebookLinear):
             self.register_buffer("c_idx", c_idx.clamp_max(cols - 1).to(device))
         else:
             self.register_buffer("absmax", torch.ones(out_features, nb, dtype=torch.float32, device=device))
-        self._register_meta()
-        self._init_common(bias, device, dtype)
+        self._init_layout(bias, device, dtype)
         self._bnb: Any = None
         self._bnb_key: tuple[torch.device, torch.dtype] | None = None
 
@@ -247,10 +248,6 @@ class NF4Linear(CodebookLinear):
         code = DYNAMIC_MAP.to(self.qabsmax.device)[self.qabsmax.long()]
         return code * self._tile_scale() + self.absmax_offset
 
-    def unpack_codes(self) -> torch.Tensor:
-        """The NF4 codes, uint8 ``[out, in]``."""
-        return unpack(self.qweight, 4, self.in_features)
-
     def dequantize(self) -> torch.Tensor:
         """The float32 weight: ``NF4_TABLE[code] * absmax[:, g_idx]``."""
         values = NF4_TABLE.to(self.qweight.device)[self.unpack_codes().long()]
@@ -292,15 +289,11 @@ class NF4Linear(CodebookLinear):
     def select_input_features(self, index: torch.Tensor) -> None:
         """Keep the input columns ``index`` (in that order): codes and ``g_idx`` are
         sliced, absmax blocks (and double-quant tile columns) no column uses are dropped."""
-        index = self._check_index(index, "input")
-        codes = self.unpack_codes().index_select(1, index)
-        self.g_idx = self.g_idx.index_select(0, index)
         if self.double_quant:  # blocks no column uses, then tile columns no block uses
-            self._compact("g_idx", qabsmax=1, c_idx=0)
+            index, _ = self._slice_code_columns(index, qabsmax=1, c_idx=0)
             self._compact("c_idx", absmax2=1)
         else:
-            self._compact("g_idx", absmax=1)
-        self.qweight = pack(codes, 4)
+            index, _ = self._slice_code_columns(index, absmax=1)
         self._finish_slice(index, "input")
 
     @torch.no_grad()

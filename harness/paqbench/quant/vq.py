@@ -102,8 +102,7 @@ class VQLinear(CodebookLinear):
         self.register_buffer("col_index", torch.arange(in_features, dtype=torch.int32, device=device))
         qmask = torch.ones(out_features, packed_length(in_features, 1), dtype=torch.uint8, device=device)
         self.register_buffer("qmask", qmask if masked else None)
-        self._register_meta()
-        self._init_common(bias, device, dtype)
+        self._init_layout(bias, device, dtype)
 
     # ------------------------------------------------------------------ building
 

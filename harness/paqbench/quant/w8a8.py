@@ -111,8 +111,7 @@ class Int8DynamicLinear(CompressedLayer):
         self.out_features = out_features
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
-        self._register_meta()
-        self._init_bias(bias, device, dtype)
+        self._init_layout(bias, device, dtype)
         #: The accumulation path in use (see the module docstring).
         self.kernel = kernels.REFERENCE
         self._accumulate: Accumulate | None = None
