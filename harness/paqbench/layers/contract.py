@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, TypedDict
 
 import torch
 from torch import nn
@@ -66,6 +66,16 @@ CAPABILITIES: dict[str, str] = {
 LINEAR_CAPABILITIES = frozenset({ZERO_WEIGHTS, SLICE_INPUTS, SLICE_OUTPUTS, FLOAT_WEIGHT})
 
 REFERENCE_KERNEL = "reference"
+
+
+class LayerOptions(TypedDict, total=False):
+    """The constructor options every linear format takes after its layout (defaults: no
+    bias, the default device, float32), as ``**options: Unpack[LayerOptions]``; the
+    constructor ends in :meth:`CompressedLayer._init_layout`, which applies them."""
+
+    bias: bool  # a zero [out] bias parameter (``from_*`` then copies the real one in)
+    device: torch.device | str | None
+    dtype: torch.dtype  # of the bias, and of the activations a fast path is chosen for
 
 
 class CompressedLayer(nn.Module):
@@ -259,6 +269,13 @@ class CompressedLayer(nn.Module):
             self.bias = nn.Parameter(torch.zeros(self.out_features, dtype=dtype, device=device))
         else:
             self.register_parameter("bias", None)
+
+    @staticmethod
+    def _options_for(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype | None) -> LayerOptions:
+        """The :class:`LayerOptions` of a layer built from ``weight`` and ``bias``: on the
+        weight's device, in ``dtype`` (default: the bias's, else float32)."""
+        return {"bias": bias is not None, "device": weight.device,
+                "dtype": dtype or (bias.dtype if bias is not None else torch.float32)}
 
     def _carry_over(self, bias: torch.Tensor | None, mask: torch.Tensor | None) -> None:
         """Take the replaced layer's bias (a copy, same dtype and ``requires_grad``) and

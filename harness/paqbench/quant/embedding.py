@@ -3,18 +3,11 @@
 In small models the token table is a large share of the weights (SmolLM2-135M: 28M of
 134M parameters, shared with the LM head), so quantizing only the decoder's Linears
 leaves the checkpoint far from 4 bits per weight. :class:`QuantizedEmbedding` stores the
-table in :class:`~paqbench.quant.linear.QuantizedLinear`'s layout, one table row per
-token (the "output row" of the layout) and groups along the hidden dimension:
-
-==========  ========  ===================================================================
-buffer      dtype     shape and meaning
-==========  ========  ===================================================================
-qweight     uint8     ``[vocab, ceil(dim * bits / 8)]`` codes packed along the hidden dim
-qzeros      uint8     ``[vocab, ceil(G * bits / 8)]`` zero points (codes), packed likewise
-scales      float16   ``[vocab, G]`` one scale per token row and group
-g_idx       int32     ``[dim]`` the group of each hidden column
-emeta       int32     ``[bits, group_size, symmetric, vocab, dim, padding_idx, tied]``
-==========  ========  ===================================================================
+table in the buffers of :class:`~paqbench.quant.linear.QuantizedLinear` (``qweight``,
+``qzeros``, ``scales``, ``g_idx``; see its table), one row per token (``vocab`` rows, the
+layout's "output rows") and groups along the hidden dimension (``dim`` columns), plus
+``emeta`` int32 ``[bits, group_size, symmetric, vocab, dim, padding_idx, tied]``
+(``padding_idx`` -1: none).
 
 Its forward gathers the packed rows of the requested tokens and dequantizes only those.
 
@@ -62,6 +55,8 @@ class QuantizedEmbedding(CompressedLayer):
     paqbench_layer_kind = "quantized-embedding"
     state_marker = "emeta"
     kernel = None  # a gather, not a matmul: no kernel to choose (kernels_in_use skips it)
+    meta_fields = ("bits", "group_size", "symmetric", "num_embeddings", "embedding_dim", "padding_idx", "tied")
+    format_floats = ("scales",)  # float16 is the stored format, whatever the output dtype
 
     def __init__(
         self,
@@ -100,8 +95,7 @@ class QuantizedEmbedding(CompressedLayer):
         )
         self.register_buffer("scales", torch.ones(num_embeddings, groups, dtype=SCALE_DTYPE, device=device))
         self.register_buffer("g_idx", config.group_index(embedding_dim, device=device))
-        self.register_buffer("emeta", torch.zeros(7, dtype=torch.int32, device=device))
-        self._write_meta()
+        self._register_meta()
 
     # ------------------------------------------------------------------ building
 
@@ -190,13 +184,14 @@ class QuantizedEmbedding(CompressedLayer):
         rows = self.dequantize(flat).to(self.output_dtype)
         return rows.reshape(*input_ids.shape, self.embedding_dim)
 
-    def _write_meta(self) -> None:
+    def _meta_values(self) -> list[int]:
         padding = -1 if self.padding_idx is None else self.padding_idx
-        meta = [
-            self.bits, self.group_size, int(self.symmetric), self.num_embeddings, self.embedding_dim,
-            padding, int(self.tied),
-        ]
-        self.emeta = torch.tensor(meta, dtype=torch.int32, device=self.qweight.device)
+        return [self.bits, self.group_size, int(self.symmetric), self.num_embeddings, self.embedding_dim,
+                padding, int(self.tied)]
+
+    def _read_meta(self, values: list[int]) -> None:
+        super()._read_meta(values)
+        self.padding_idx = None if values[5] < 0 else values[5]
 
     # ------------------------------------------------------------------ accounting
 
@@ -227,13 +222,11 @@ class QuantizedEmbedding(CompressedLayer):
         )
 
     def _apply(self, fn: Any, recurse: bool = True) -> QuantizedEmbedding:
-        """``model.to(dtype)`` / ``.half()`` change the output dtype, not the scales (they
-        are part of the stored format, float16). Device moves apply to everything."""
-        scales = self.scales
+        """``model.to(dtype)`` / ``.half()`` change the output dtype (the scales keep theirs,
+        see :attr:`format_floats`)."""
+        device = self.scales.device
         result = super()._apply(fn, recurse)
-        probe = fn(torch.empty(0, dtype=self.output_dtype, device=scales.device))
-        self.output_dtype = probe.dtype
-        self.scales = scales.to(device=probe.device)
+        self.output_dtype = fn(torch.empty(0, dtype=self.output_dtype, device=device)).dtype
         return result
 
     # ------------------------------------------------------------------ loading
@@ -243,20 +236,12 @@ class QuantizedEmbedding(CompressedLayer):
         cls, state_dict: Mapping[str, torch.Tensor], name: str, device: torch.device
     ) -> QuantizedEmbedding:
         """An empty table of the layout saved under ``name`` in ``state_dict``."""
-        bits, group_size, symmetric, vocab, dim, padding, tied = (int(v) for v in state_dict[f"{name}.emeta"].tolist())
+        bits, group_size, symmetric, vocab, dim, padding, tied = cls._saved_meta(state_dict, name)
         return cls(
             vocab, dim, bits, group_size, bool(symmetric), padding_idx=None if padding < 0 else padding,
             tied=bool(tied), device=device,
         )
 
-    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
-        """After loading, the Python-side layout follows the loaded ``emeta``."""
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        bits, group_size, symmetric, vocab, dim, padding, tied = (int(v) for v in self.emeta.tolist())
-        self.bits, self.group_size, self.symmetric = bits, group_size, bool(symmetric)
-        self.num_embeddings, self.embedding_dim = vocab, dim
-        self.padding_idx = None if padding < 0 else padding
-        self.tied = bool(tied)
 
 
 class TiedQuantizedHead(CompressedLayer):

@@ -34,13 +34,13 @@ Forward paths (``kernel`` names the one in use):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Unpack
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS, ZERO_WEIGHTS, CompressedLayer
+from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS, ZERO_WEIGHTS, CompressedLayer, LayerOptions
 from paqbench.layers.sparsity import get_mask, record_mask
 from paqbench.quant import kernels
 from paqbench.quant.quantizer import keep_mask
@@ -100,18 +100,19 @@ class FP8Linear(CompressedLayer):
 
     def __init__(
         self, in_features: int, out_features: int, *, activations: str = "per-token", per_channel: bool = True,
-        bias: bool = False, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+        **options: Unpack[LayerOptions],
     ) -> None:
         """An empty layer (weights zero, scales one), ready for ``load_state_dict``; use
         :meth:`from_linear` to fill one."""
         super().__init__()
+        device = options.get("device")
         if activations not in ACTIVATIONS:
             raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
         self.in_features, self.out_features, self.activations = in_features, out_features, activations
         self.register_buffer("weight_fp8", torch.zeros(out_features, in_features, dtype=FP8, device=device))
         scales = out_features if per_channel else 1
         self.register_buffer("weight_scale", torch.ones(scales, dtype=torch.float32, device=device))
-        self._init_layout(bias, device, dtype)
+        self._init_layout(**options)
         #: The forward path in use (see the module docstring).
         self.kernel = kernels.REFERENCE
 

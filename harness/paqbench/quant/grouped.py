@@ -4,16 +4,21 @@
 per group) and :class:`NF4Linear` (an absmax per block) store the same two things: a
 uint8 ``qweight`` ``[out, ceil(in * bits / 8)]`` (each row packed on its own, so output
 slicing needs no repacking) and ``g_idx`` ``[in]``, the group of each input column (the
-authority after act-order or slicing). Reading the codes and slicing input columns are
-therefore one piece of code, here; each format adds its per-group tables.
+authority after act-order or slicing). Their layout is a :class:`QuantConfig` (bits and
+group size) plus the number of groups, so the constructor, reading the codes and
+slicing input columns are one piece of code, here; each format adds its per-group
+tables (:meth:`GroupedCodes._register_groups`).
 """
 
 from __future__ import annotations
 
+from typing import Unpack
+
 import torch
 
-from paqbench.layers.contract import CompressedLayer
-from paqbench.quant.packing import pack, unpack
+from paqbench.layers.contract import CompressedLayer, LayerOptions
+from paqbench.quant.packing import pack, packed_length, unpack
+from paqbench.quant.quantizer import QuantConfig
 
 
 class GroupedCodes(CompressedLayer):
@@ -22,6 +27,27 @@ class GroupedCodes(CompressedLayer):
     bits: int
     qweight: torch.Tensor
     g_idx: torch.Tensor
+
+    def __init__(
+        self, in_features: int, out_features: int, config: QuantConfig, *, n_groups: int | None = None,
+        **options: Unpack[LayerOptions],
+    ) -> None:
+        """An empty layer of the layout (codes zero, tables from :meth:`_register_groups`),
+        ready for ``load_state_dict``; ``n_groups`` is the saved count (groups dropped by
+        slicing), else ``config``'s for ``in_features``. ``from_*`` build filled ones."""
+        super().__init__()
+        device = options.get("device")
+        self.in_features, self.out_features = in_features, out_features
+        self.bits, self.group_size = config.bits, config.group_size
+        self.register_buffer("qweight", torch.zeros(out_features, packed_length(in_features, config.bits),
+                                                    dtype=torch.uint8, device=device))
+        groups = n_groups if n_groups is not None else config.n_groups(in_features)
+        self._register_groups(config, groups, device)
+        self._init_layout(**options)
+
+    def _register_groups(self, config: QuantConfig, groups: int, device: torch.device | str | None) -> None:
+        """Register the format's per-group buffers and ``g_idx`` (called by the constructor)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _register_groups()")
 
     def unpack_codes(self) -> torch.Tensor:
         """The codes, uint8 ``[out, in]``."""

@@ -77,41 +77,20 @@ class QuantizedLinear(GroupedCodes):
     format_floats = ("scales",)  # float16 is the stored format: bfloat16 would lose 3 bits
     repr_fields = ("in_features", "out_features", "bits", "group_size", "symmetric")
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bits: int,
-        group_size: int = -1,
-        symmetric: bool = False,
-        *,
-        n_groups: int | None = None,
-        bias: bool = False,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        """An empty layer of the given layout (codes zero, scales one), ready for
-        ``load_state_dict``; use :meth:`from_quantized` or :meth:`from_linear` to fill one."""
-        super().__init__()
-        config = QuantConfig(bits=bits, group_size=group_size, symmetric=symmetric)
-        groups = n_groups if n_groups is not None else config.n_groups(in_features)
-        self.in_features = in_features
-        self.out_features = out_features
-        self.bits = bits
-        self.group_size = group_size
-        self.symmetric = symmetric
+    def _register_groups(self, config: QuantConfig, groups: int, device: torch.device | str | None) -> None:
+        """Zero points zero, scales one (the constructor is :class:`GroupedCodes`'s:
+        ``QuantizedLinear(in_features, out_features, QuantConfig(bits, group_size,
+        symmetric), n_groups=None, bias=False, device=None, dtype=torch.float32)``)."""
+        self.symmetric = config.symmetric
         self.register_buffer(
-            "qweight", torch.zeros(out_features, packed_length(in_features, bits), dtype=torch.uint8, device=device)
+            "qzeros", torch.zeros(self.out_features, packed_length(groups, config.bits), dtype=torch.uint8,
+                                  device=device)
         )
-        self.register_buffer(
-            "qzeros", torch.zeros(out_features, packed_length(groups, bits), dtype=torch.uint8, device=device)
-        )
-        self.register_buffer("scales", torch.ones(out_features, groups, dtype=SCALE_DTYPE, device=device))
-        g_idx = config.group_index(in_features, device=device)
-        if groups != config.n_groups(in_features):
-            g_idx = torch.zeros(in_features, dtype=torch.int32, device=device)
+        self.register_buffer("scales", torch.ones(self.out_features, groups, dtype=SCALE_DTYPE, device=device))
+        g_idx = config.group_index(self.in_features, device=device)
+        if groups != config.n_groups(self.in_features):
+            g_idx = torch.zeros(self.in_features, dtype=torch.int32, device=device)
         self.register_buffer("g_idx", g_idx)
-        self._init_layout(bias, device, dtype)
         #: The forward path in use: "reference" or a fast kernel's name.
         self.kernel = kernels.REFERENCE
         self._kernel: kernels.Kernel | None = None
@@ -133,17 +112,14 @@ class QuantizedLinear(GroupedCodes):
         out_features, in_features = quantized.codes.shape
         config = quantized.config
         device = quantized.codes.device
-        layer = cls(
-            in_features, out_features, config.bits, config.group_size, config.symmetric,
-            n_groups=quantized.scales.shape[1], bias=bias is not None, device=device,
-            dtype=dtype or (bias.dtype if bias is not None else torch.float32),
-        )
+        options = cls._options_for(quantized.codes, bias, dtype)
+        layer = cls(in_features, out_features, config, n_groups=quantized.scales.shape[1], **options)
         layer.qweight = pack(quantized.codes, config.bits)
         layer.qzeros = pack(quantized.zeros.to(device), config.bits)
         layer.scales = quantized.scales.to(device=device, dtype=SCALE_DTYPE).contiguous()
         layer.g_idx = quantized.g_idx.to(device=device, dtype=torch.int32).contiguous()
         layer._carry_over(bias, mask)
-        layer._select_kernel(device, dtype or (bias.dtype if bias is not None else torch.float32))
+        layer._select_kernel(device, options["dtype"])
         return layer
 
     @classmethod
@@ -259,7 +235,7 @@ class QuantizedLinear(GroupedCodes):
     ) -> QuantizedLinear:
         """An empty layer of the layout saved under ``name`` in ``state_dict``."""
         bits, group_size, symmetric, in_features, out_features = cls._saved_meta(state_dict, name)
-        return cls(in_features, out_features, bits, group_size, bool(symmetric),
+        return cls(in_features, out_features, QuantConfig(bits, group_size, bool(symmetric)),
                    n_groups=state_dict[f"{name}.scales"].shape[1], device=device, **cls._saved_bias(state_dict, name))
 
 

@@ -41,7 +41,7 @@ from torch import nn
 from paqbench.layers.sparsity import get_mask, record_mask
 from paqbench.quant.codebook import CodebookLinear, lloyd_1d, nearest_sorted
 from paqbench.quant.grouped import GroupedCodes
-from paqbench.quant.packing import pack, packed_length
+from paqbench.quant.packing import pack
 from paqbench.quant.quantizer import QuantConfig, group_params, keep_mask
 
 TABLE_DTYPE = torch.float16
@@ -57,30 +57,12 @@ class LUTLinear(GroupedCodes, CodebookLinear):
     format_floats = ("lut",)
     repr_fields = ("in_features", "out_features", "bits", "group_size")
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bits: int,
-        group_size: int = -1,
-        *,
-        n_groups: int | None = None,
-        bias: bool = False,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        """An empty layer of the given layout (ready for ``load_state_dict``); use
-        :meth:`from_weight` or :meth:`from_linear` to fill one."""
-        super().__init__()
-        config = QuantConfig(bits=bits, group_size=group_size)
-        groups = n_groups if n_groups is not None else config.n_groups(in_features)
-        self.in_features, self.out_features = in_features, out_features
-        self.bits, self.group_size = bits, group_size
-        self.register_buffer("qweight", torch.zeros(out_features, packed_length(in_features, bits),
-                                                    dtype=torch.uint8, device=device))
-        self.register_buffer("lut", torch.zeros(out_features, groups, 1 << bits, dtype=TABLE_DTYPE, device=device))
-        self.register_buffer("g_idx", config.group_index(in_features, device=device).clamp_max(groups - 1))
-        self._init_layout(bias, device, dtype)
+    def _register_groups(self, config: QuantConfig, groups: int, device: torch.device | str | None) -> None:
+        """Tables zero (the constructor is :class:`GroupedCodes`'s: ``LUTLinear(in_features,
+        out_features, QuantConfig(bits, group_size), n_groups=None, **options)``)."""
+        table = torch.zeros(self.out_features, groups, 1 << config.bits, dtype=TABLE_DTYPE, device=device)
+        self.register_buffer("lut", table)
+        self.register_buffer("g_idx", config.group_index(self.in_features, device=device).clamp_max(groups - 1))
 
     # ------------------------------------------------------------------ building
 
@@ -114,8 +96,7 @@ class LUTLinear(GroupedCodes, CodebookLinear):
         if keep is not None:
             keep = keep.to(device=device, dtype=torch.bool)
             weight = weight * keep
-        layer = cls(in_features, out_features, bits, group_size, bias=bias is not None, device=device,
-                    dtype=dtype or (bias.dtype if bias is not None else torch.float32))
+        layer = cls(in_features, out_features, config, **cls._options_for(weight, bias, dtype))
         groups = config.n_groups(in_features)
         width = in_features if group_size == -1 else group_size
         scale, zero = group_params(weight, layer.g_idx, groups, config)  # RTN grid: the start
@@ -208,8 +189,8 @@ class LUTLinear(GroupedCodes, CodebookLinear):
     def empty_from_state(cls, state_dict: Mapping[str, torch.Tensor], name: str, device: torch.device) -> LUTLinear:
         """An empty layer of the layout saved under ``name``."""
         bits, group_size, in_features, out_features = cls._saved_meta(state_dict, name)
-        return cls(in_features, out_features, bits, group_size, n_groups=state_dict[f"{name}.lut"].shape[1],
-                   device=device, **cls._saved_bias(state_dict, name))
+        return cls(in_features, out_features, QuantConfig(bits, group_size),
+                   n_groups=state_dict[f"{name}.lut"].shape[1], device=device, **cls._saved_bias(state_dict, name))
 
 
 def _weighted_sse(

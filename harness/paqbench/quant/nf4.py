@@ -54,18 +54,19 @@ That path is not exercised by paqbench's tests (bitsandbytes is not a dependency
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paqbench.layers.contract import LayerOptions
 from paqbench.layers.sparsity import get_mask, record_mask
 from paqbench.quant import kernels
 from paqbench.quant.codebook import CodebookLinear
 from paqbench.quant.grouped import GroupedCodes
-from paqbench.quant.packing import pack, packed_length
-from paqbench.quant.quantizer import keep_mask
+from paqbench.quant.packing import pack
+from paqbench.quant.quantizer import QuantConfig, keep_mask
 
 #: The 16 NormalFloat4 values, exactly as bitsandbytes' ``dDequantizeNF4`` returns them.
 NF4_TABLE = torch.tensor(
@@ -129,44 +130,33 @@ class NF4Linear(GroupedCodes, CodebookLinear):
     repr_fields = ("in_features", "out_features", "block_size", "double_quant")
 
     def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        block_size: int = 64,
-        double_quant: bool = True,
-        dq_block: int = 256,
-        *,
-        n_blocks: int | None = None,
-        n_tiles: tuple[int, int] | None = None,
-        bias: bool = False,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
+        self, in_features: int, out_features: int, block_size: int = 64, double_quant: bool = True,
+        dq_block: int = 256, *, n_blocks: int | None = None, n_tiles: tuple[int, int] | None = None,
+        **options: Unpack[LayerOptions],
     ) -> None:
-        """An empty layer of the given layout, ready for ``load_state_dict``; use
-        :meth:`from_weight` or :meth:`from_linear` to fill one."""
-        super().__init__()
+        """An empty layer of the layout, ready for ``load_state_dict`` (``n_blocks`` and
+        ``n_tiles``: the saved counts, after slicing dropped some)."""
         if block_size < 1 or dq_block < 1:
             raise ValueError(f"block_size and dq_block must be positive, got {block_size} and {dq_block}")
-        self.in_features, self.out_features = in_features, out_features
-        self.block_size, self.double_quant, self.dq_block = block_size, double_quant, dq_block
-        nb = n_blocks if n_blocks is not None else -(-in_features // block_size)
-        self.register_buffer("qweight", torch.zeros(out_features, packed_length(in_features, 4),
-                                                    dtype=torch.uint8, device=device))
-        g_idx = (torch.arange(in_features, device=device) // block_size).to(torch.int32)
-        self.register_buffer("g_idx", g_idx if n_blocks is None else g_idx.clamp_max(nb - 1))
-        if double_quant:
-            r_idx, c_idx = tiles(out_features, nb, dq_block)
-            rows, cols = n_tiles if n_tiles is not None else (int(r_idx.max()) + 1, int(c_idx.max()) + 1)
-            self.register_buffer("qabsmax", torch.zeros(out_features, nb, dtype=torch.uint8, device=device))
-            self.register_buffer("absmax2", torch.ones(rows, cols, dtype=torch.float32, device=device))
-            self.register_buffer("absmax_offset", torch.zeros(1, dtype=torch.float32, device=device))
-            self.register_buffer("r_idx", r_idx.clamp_max(rows - 1).to(device))
-            self.register_buffer("c_idx", c_idx.clamp_max(cols - 1).to(device))
-        else:
-            self.register_buffer("absmax", torch.ones(out_features, nb, dtype=torch.float32, device=device))
-        self._init_layout(bias, device, dtype)
+        # plain attributes (allowed before Module.__init__), read by _register_groups
+        self.block_size, self.double_quant, self.dq_block, self._n_tiles = block_size, double_quant, dq_block, n_tiles
+        super().__init__(in_features, out_features, QuantConfig(4, block_size), n_groups=n_blocks, **options)
         self._bnb: Any = None
         self._bnb_key: tuple[torch.device, torch.dtype] | None = None
+
+    def _register_groups(self, config: QuantConfig, groups: int, device: torch.device | str | None) -> None:
+        """Block absmax one: plain float32, or double-quantized (8-bit codes, tile scales, offset)."""
+        self.register_buffer("g_idx", config.group_index(self.in_features, device=device).clamp_max(groups - 1))
+        if not self.double_quant:
+            self.register_buffer("absmax", torch.ones(self.out_features, groups, dtype=torch.float32, device=device))
+            return
+        r_idx, c_idx = tiles(self.out_features, groups, self.dq_block)
+        rows, cols = self._n_tiles if self._n_tiles is not None else (int(r_idx.max()) + 1, int(c_idx.max()) + 1)
+        self.register_buffer("qabsmax", torch.zeros(self.out_features, groups, dtype=torch.uint8, device=device))
+        self.register_buffer("absmax2", torch.ones(rows, cols, dtype=torch.float32, device=device))
+        self.register_buffer("absmax_offset", torch.zeros(1, dtype=torch.float32, device=device))
+        self.register_buffer("r_idx", r_idx.clamp_max(rows - 1).to(device))
+        self.register_buffer("c_idx", c_idx.clamp_max(cols - 1).to(device))
 
     # ------------------------------------------------------------------ building
 
@@ -192,8 +182,8 @@ class NF4Linear(GroupedCodes, CodebookLinear):
         if keep is not None:
             keep = keep.to(device=device, dtype=torch.bool)
             weight = weight * keep
-        layer = cls(in_features, out_features, block_size, double_quant, dq_block, bias=bias is not None,
-                    device=device, dtype=dtype or (bias.dtype if bias is not None else torch.float32))
+        options = cls._options_for(weight, bias, dtype)
+        layer = cls(in_features, out_features, block_size, double_quant, dq_block, **options)
         nb = -(-in_features // block_size)
         index = layer.g_idx.long().unsqueeze(0).expand_as(weight)
         absmax = torch.zeros(out_features, nb, device=device).scatter_reduce(

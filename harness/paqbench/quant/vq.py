@@ -41,10 +41,12 @@ groups of ``dim`` aligned columns saves the most).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Unpack
 
 import torch
 from torch import nn
 
+from paqbench.layers.contract import LayerOptions
 from paqbench.layers.sparsity import get_mask, record_mask
 from paqbench.quant.codebook import CodebookLinear, assign, kmeans, used_and_inverse
 from paqbench.quant.packing import pack, packed_length, unpack
@@ -73,13 +75,12 @@ class VQLinear(CodebookLinear):
         n_vectors: int | None = None,
         n_codebooks: int | None = None,
         masked: bool = False,
-        bias: bool = False,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
+        **options: Unpack[LayerOptions],
     ) -> None:
         """An empty layer of the given layout (ready for ``load_state_dict``); use
         :meth:`from_weight` or :meth:`from_linear` to fill one."""
         super().__init__()
+        device = options.get("device")
         if not 1 <= bits <= 8:
             raise ValueError(f"bits must be between 1 and 8, got {bits}")
         if dim < 1:
@@ -102,7 +103,7 @@ class VQLinear(CodebookLinear):
         self.register_buffer("col_index", torch.arange(in_features, dtype=torch.int32, device=device))
         qmask = torch.ones(out_features, packed_length(in_features, 1), dtype=torch.uint8, device=device)
         self.register_buffer("qmask", qmask if masked else None)
-        self._init_layout(bias, device, dtype)
+        self._init_layout(**options)
 
     # ------------------------------------------------------------------ building
 
@@ -137,8 +138,7 @@ class VQLinear(CodebookLinear):
             if bool(keep.all()):
                 keep = None
         layer = cls(in_features, out_features, bits, dim, rows_per_codebook, masked=keep is not None,
-                    bias=bias is not None, device=device,
-                    dtype=dtype or (bias.dtype if bias is not None else torch.float32))
+                    **cls._options_for(weight, bias, dtype))
         coordinate_weight = torch.ones_like(weight)
         if importance is not None:
             column = importance.to(device=device, dtype=torch.float32).clamp_min(0)

@@ -42,13 +42,13 @@ dtype on the first forward; each is probed against exact integer arithmetic firs
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS, ZERO_WEIGHTS, CompressedLayer
+from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS, ZERO_WEIGHTS, CompressedLayer, LayerOptions
 from paqbench.layers.sparsity import get_mask, record_mask
 from paqbench.quant import kernels
 from paqbench.quant.quantizer import keep_mask
@@ -101,17 +101,17 @@ class Int8DynamicLinear(CompressedLayer):
     repr_fields = ("in_features", "out_features")
 
     def __init__(
-        self, in_features: int, out_features: int, *, bias: bool = False,
-        device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+        self, in_features: int, out_features: int, **options: Unpack[LayerOptions]
     ) -> None:
         """An empty layer (codes zero, scales one), ready for ``load_state_dict``; use
         :meth:`from_linear` to fill one."""
         super().__init__()
+        device = options.get("device")
         self.in_features = in_features
         self.out_features = out_features
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
-        self._init_layout(bias, device, dtype)
+        self._init_layout(**options)
         #: The accumulation path in use (see the module docstring).
         self.kernel = kernels.REFERENCE
         self._accumulate: Accumulate | None = None
