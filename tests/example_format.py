@@ -3,19 +3,21 @@
 This module is what docs/formats.md walks through. It is a paqbench plugin on its own
 (register it with an entry point in the ``paqbench`` group, or ``pm.register(module)``),
 and it passes :func:`paqbench.testing.check_layer_format` (tests/test_layer_contract.py).
+Everything but the layout comes from :class:`paqbench.CompressedLayer`: the reference
+forward, slicing with bias and mask, the layout marker, save/load and the accounting.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Unpack
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from paqbench import CompressedLayer, hookimpl
 from paqbench.export.capability import Capability, check_target, converted
-from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS, ZERO_WEIGHTS
+from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS, ZERO_WEIGHTS, LayerOptions
 from paqbench.layers.sparsity import get_mask, record_mask
 
 
@@ -27,43 +29,30 @@ class Int8RowLinear(CompressedLayer):
     paqbench_layer_kind = "quantized"  # what methods `accept`
     capabilities = frozenset({ZERO_WEIGHTS, SLICE_INPUTS, SLICE_OUTPUTS})
     state_marker = "int8row_meta"  # <layer>.int8row_meta in a checkpoint marks this format
+    meta_fields = ("in_features", "out_features")  # the layout that marker holds
 
-    def __init__(self, in_features: int, out_features: int, *, bias: bool = False,
-                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, in_features: int, out_features: int, **options: Unpack[LayerOptions]) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        device = options.get("device")
         self.register_buffer("codes", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scale", torch.ones(out_features, dtype=torch.float16, device=device))
-        self.register_buffer(self.state_marker, torch.zeros(2, dtype=torch.int32, device=device))
-        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
-        self._write_meta()
-
-    def _write_meta(self) -> None:
-        meta = torch.tensor([self.in_features, self.out_features], dtype=torch.int32, device=self.codes.device)
-        setattr(self, self.state_marker, meta)  # the layout, so a checkpoint can be rebuilt
+        self._init_layout(**options)  # the marker buffer, then the bias
 
     @classmethod
     @torch.no_grad()
     def from_linear(cls, linear: nn.Linear) -> Int8RowLinear:
         """Round-to-nearest per row; exact zeros (a pruned weight) stay zero, the mask too."""
         weight = linear.weight.detach().float()
-        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device=weight.device)
-        scale = (weight.abs().amax(dim=1) / 127).clamp_min(1e-8).to(torch.float16)
-        layer.scale = scale
-        layer.codes = torch.round(weight / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
-        if linear.bias is not None:
-            layer.bias = nn.Parameter(linear.bias.detach().clone())
-        if get_mask(linear) is not None:
-            record_mask(layer, get_mask(linear).clone())
+        layer = cls._empty_like(linear)  # its shape, bias, device and dtype
+        layer.scale = (weight.abs().amax(dim=1) / 127).clamp_min(1e-8).to(torch.float16)
+        layer.codes = torch.round(weight / layer.scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
+        layer._carry_over(linear.bias, get_mask(linear))
         return layer
 
-    # the contract: the weight it stands for, and the forward (reference only here)
+    # the contract: the weight it stands for (the forward defaults to the float op on it)
     def dequantize(self) -> torch.Tensor:
         return self.codes.float() * self.scale.float()[:, None]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.dequantize().to(x.dtype), bias)
 
     def export_capability(self, target: str) -> Capability:
         check_target(target)
@@ -76,36 +65,18 @@ class Int8RowLinear(CompressedLayer):
         self.codes = torch.where(keep, self.codes, torch.zeros_like(self.codes))
         record_mask(self, keep)
 
-    @torch.no_grad()
     def select_input_features(self, index: torch.Tensor) -> None:
-        index = self._check_index(index, "input")
-        self.codes = self.codes.index_select(1, index).contiguous()
-        self.in_features = int(index.numel())
-        self._slice_mask(index, "input")
-        self._write_meta()
+        self._select_columns(index, ("codes",))  # + in_features, mask, marker
 
-    @torch.no_grad()
     def select_output_features(self, index: torch.Tensor) -> None:
-        index = self._check_index(index, "output")
-        self.codes = self.codes.index_select(0, index).contiguous()
-        self.scale = self.scale.index_select(0, index).contiguous()
-        self._slice_bias(index)
-        self.out_features = int(index.numel())
-        self._slice_mask(index, "output")
-        self._write_meta()
+        self._select_rows(index, ("codes", "scale"))  # + out_features, bias, mask, marker
 
     # loading: an empty layer of the saved layout, which load_state_dict fills
     @classmethod
     def empty_from_state(cls, state_dict: Mapping[str, torch.Tensor], name: str,
                          device: torch.device) -> Int8RowLinear:
-        in_features, out_features = (int(v) for v in state_dict[f"{name}.{cls.state_marker}"].tolist())
-        bias = state_dict.get(f"{name}.bias")
-        return cls(in_features, out_features, bias=bias is not None, device=device,
-                   dtype=bias.dtype if bias is not None else torch.float32)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.in_features, self.out_features = (int(v) for v in getattr(self, self.state_marker).tolist())
+        in_features, out_features = cls._saved_meta(state_dict, name)
+        return cls(in_features, out_features, device=device, **cls._saved_bias(state_dict, name))
 
 
 @hookimpl

@@ -124,6 +124,10 @@ class CompressedLayer(nn.Module):
         """The float ``[out, in]`` weight this layer computes with (the contract's name)."""
         return self.dequantize()
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The reference path; a format with a fast path overrides it."""
+        return self.reference_forward(x)
+
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """What the forward must compute (the contract test compares every fast path with
         it): the float op on ``dequantized_weight()``. A format that also quantizes its

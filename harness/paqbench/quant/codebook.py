@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS, ZERO_WEIGHTS, CompressedLayer
@@ -37,8 +36,8 @@ _CHUNK = 4096
 
 
 class CodebookLinear(CompressedLayer):
-    """Base class of the codebook layers (LUT, NF4, VQ): the capabilities, the reference
-    forward and the export answer they share; everything else comes from
+    """Base class of the codebook layers (LUT, NF4, VQ): the capabilities and the export
+    answer they share; everything else (the reference forward included) comes from
     :class:`CompressedLayer` (a subclass names its ``format_floats``: tables, absmax)."""
 
     capabilities = frozenset({ZERO_WEIGHTS, SLICE_INPUTS, SLICE_OUTPUTS})
@@ -50,12 +49,6 @@ class CodebookLinear(CompressedLayer):
         check_target(target)
         return converted("F16" if target == "gguf" else "float16 tensor",
                          f"{type(self).__name__} codebooks have no {target} type; written dequantized")
-
-    # ------------------------------------------------------------------ forward
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.dequantize().to(device=x.device, dtype=x.dtype), bias)
 
 
 def used_and_inverse(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
