@@ -188,3 +188,31 @@ def test_clear_errors(tiny_llama, make_context):
         Wanda.Params(pattern="2:4", sparsity=0.7)
     with pytest.raises(ValueError, match=r"multiple of 32.*down_proj.*176"):  # 176 = 5 * 32 + 16
         wanda(tiny_llama, make_context(n_samples=1), pattern="1:32")
+
+
+def test_a_layer_that_cannot_zero_weights_is_refused_before_any_work(tiny_llama, make_context):
+    """Wanda asks every target for zero-weights up front (the layer contract's ``require``),
+    so a layer in the last block that lacks it fails the step before the first block is
+    pruned, not mid-way through a half-pruned model."""
+    from paqbench.layers import CompressedLayer, UnsupportedLayerError
+
+    class NoZeroing(CompressedLayer):
+        paqbench_layer_kind = "quantized"  # a kind wanda accepts, without the capability it needs
+        capabilities = frozenset()
+
+        def __init__(self, linear: torch.nn.Linear) -> None:
+            super().__init__()
+            self.inner = linear
+
+        def dequantize(self) -> torch.Tensor:
+            return self.inner.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x)
+
+    mlp = tiny_llama.model.layers[-1].mlp
+    mlp.down_proj = NoZeroing(mlp.down_proj)
+    before = {name: p.detach().clone() for name, p in tiny_llama.named_parameters()}
+    with pytest.raises(UnsupportedLayerError, match=r"layers\.\d+\.mlp\.down_proj.*zero-weights.*'wanda' needs"):
+        wanda(tiny_llama, make_context(n_samples=1))
+    assert all(torch.equal(p, before[name]) for name, p in tiny_llama.named_parameters())

@@ -41,6 +41,15 @@ class StepContext(Protocol):
     def calibration_batches(self) -> list[torch.Tensor]: ...
 
 
+def layer_device(module: nn.Module) -> torch.device:
+    """Where a layer computes: its first parameter's device, or its first buffer's for a
+    packed format that holds no parameter (a calibration statistic is accumulated there)."""
+    tensor = next(iter(module.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(module.buffers()))
+    return tensor.device
+
+
 def checked_targets(
     model: nn.Module, pattern: str | None, method: StepMethod, ctx: StepContext,
     needs: str | Iterable[str] | None = None,

@@ -18,7 +18,10 @@ def storage_facts(layers: Mapping[str, torch.nn.Module]) -> dict[str, object]:
     return {"layers": len(layers), "bits_per_weight": bits / weights if weights else 0.0}
 
 
-def summarize(layers: Mapping[str, torch.nn.Module]) -> dict[str, object]:
+def summarize(layers: Mapping[str, torch.nn.Module], calibration_windows: int | None = None) -> dict[str, object]:
     """Facts for the report: :func:`storage_facts` and on which kernels the layers run
-    (each has a ``kernel`` name)."""
-    return {**storage_facts(layers), "kernels": dict(Counter(layer.kernel for layer in layers.values()))}
+    (each has a ``kernel`` name); then ``calibration_windows`` if the step used any."""
+    facts = {**storage_facts(layers), "kernels": dict(Counter(layer.kernel for layer in layers.values()))}
+    if calibration_windows is not None:
+        facts["calibration_windows"] = calibration_windows
+    return facts

@@ -10,9 +10,10 @@ from pydantic import Field
 from torch import nn
 
 from paqbench import Method, Params, RunContext, hookimpl
+from paqbench.blockwise.steps import checked_targets
 from paqbench.data.calibration import build_calibration
 from paqbench.distill import DistillConfig, distill, select_trainable
-from paqbench.layers import check_supported, select_targets
+from paqbench.text import prose
 
 
 class DistillParams(Params):
@@ -50,23 +51,21 @@ class DistillParams(Params):
 class Distill(Method):
     name = "distill"
     family = "distill"
-    description = (
-        "Knowledge distillation from the uncompressed model (the teacher, loaded again from the "
-        "suite's source) into the compressed one: AdamW on T^2 * KL(teacher || student) per token "
-        "(Hinton et al. 2015), optionally mixed with next-token cross-entropy (`alpha`), over "
-        "token windows drawn like the calibration set (other `dataset`/`n_samples`/`seqlen` "
-        "possible), cosine learning-rate decay. Trains the dense and pruned target Linears (pruned "
-        "weights stay exactly zero) and the norms; packed quantized layers stay frozen (reported). "
-        "Cost: `steps` x (one teacher forward + one student forward and backward); memory: both "
-        "models plus AdamW's two float copies of the trained parameters."
-    )
+    description = prose("""
+        Knowledge distillation from the uncompressed model (the teacher, loaded again from the suite's source) into the
+        compressed one: AdamW on T^2 * KL(teacher || student) per token (Hinton et al. 2015), optionally mixed with
+        next-token cross-entropy (`alpha`), over token windows drawn like the calibration set (other
+        `dataset`/`n_samples`/`seqlen` possible), cosine learning-rate decay. Trains the dense and pruned target Linears
+        (pruned weights stay exactly zero) and the norms; packed quantized layers stay frozen (reported). Cost: `steps`
+        x (one teacher forward + one student forward and backward); memory: both models plus AdamW's two float copies of
+        the trained parameters.
+    """)
     Params = DistillParams
     accepts = frozenset({"dense", "pruned", "quantized"})
     needs_calibration = True
 
     def apply(self, model: nn.Module, params: DistillParams, ctx: RunContext) -> dict[str, Any] | None:
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
+        targets = checked_targets(model, params.targets, self, ctx)
         trainable = select_trainable(model, targets, norms=params.norms, embeddings=params.embeddings)
         if not trainable.parameters:
             raise ValueError(

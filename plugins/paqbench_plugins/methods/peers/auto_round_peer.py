@@ -22,6 +22,7 @@ from paqbench.blockwise.steps import checked_targets
 from paqbench.peers import ConversionRecord, Peer, PeerMethod
 from paqbench.peers.convert import ConversionError, install_packed, integer_weight, layer_facts
 from paqbench.peers.params import RequireExact, RowGroupSize
+from paqbench.text import prose
 
 PEER = Peer(module="auto_round", distribution="auto-round", extra="auto-round")
 
@@ -38,24 +39,24 @@ class AutoRoundParams(Params):
         "to bfloat16 (recorded; cast back afterwards). Default: tune in the run's dtype"
     )
     require_exact: RequireExact = False
-    targets: str | None = Field(
-        None, description="regex over module names converted afterwards; default: the Linear layers inside decoder "
-        "blocks (auto-round decides what it quantizes; a layer it changed outside these is an error)"
-    )
+    targets: str | None = Field(None, description=prose("""
+        regex over module names converted afterwards; default: the Linear layers inside decoder blocks (auto-round
+        decides what it quantizes; a layer it changed outside these is an error)
+    """))
 
 
 class AutoRoundPeer(PeerMethod):
     name = "auto-round"
     family = "quantize"
     peer = PEER
-    description = (
-        "Intel's AutoRound (peer implementation): signed-gradient tuning of rounding and clipping per decoder "
-        "block on the run's calibration windows, `iters` steps, `bits`/`group_size`/`symmetric`; each quantized "
-        "Linear becomes a packed QuantizedLinear of auto-round's scales and zero points, checked bitwise against "
-        "its fake-quantized weight. Layers auto-round skips (a dimension not divisible by 32) stay dense, listed. "
-        "Needs auto-round (pip install 'paqbench[auto-round]'). Cost: iters x blocks forward/backward passes "
-        "(tens of minutes for 135M at 200 iters on CPU)."
-    )
+    description = prose("""
+        Intel's AutoRound (peer implementation): signed-gradient tuning of rounding and clipping per decoder block on
+        the run's calibration windows, `iters` steps, `bits`/`group_size`/`symmetric`; each quantized Linear becomes a
+        packed QuantizedLinear of auto-round's scales and zero points, checked bitwise against its fake-quantized
+        weight. Layers auto-round skips (a dimension not divisible by 32) stay dense, listed. Needs auto-round (pip
+        install 'paqbench[auto-round]'). Cost: iters x blocks forward/backward passes (tens of minutes for 135M at 200
+        iters on CPU).
+    """)
     Params = AutoRoundParams
     accepts = frozenset({"dense"})
     needs_calibration = True

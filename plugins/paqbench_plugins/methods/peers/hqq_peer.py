@@ -23,6 +23,7 @@ from paqbench.peers import ConversionRecord, Peer, PeerMethod
 from paqbench.peers.convert import install_dense, layer_facts
 from paqbench.peers.params import RequireExact
 from paqbench.quant.params import Targets
+from paqbench.text import prose
 
 PEER = Peer(module="hqq", distribution="hqq", extra="hqq")
 
@@ -45,13 +46,13 @@ class HQQLib(PeerMethod):
     name = "hqq-lib"
     family = "quantize"
     peer = PEER
-    description = (
-        "The hqq package's HQQLinear (peer implementation of half-quadratic quantization; paqbench's own is `hqq`): "
-        "`bits` with `group_size` along `axis`, data-free. hqq's float zero points have no integer code, so each "
-        "layer becomes a dense Linear of HQQLinear.dequantize() exactly (record: conversion, "
-        "peer_storage_bits_per_weight). Needs hqq (pip install 'paqbench[hqq]'). Cost: hqq's proximal iterations, "
-        "seconds to a minute for a 135M model on CPU."
-    )
+    description = prose("""
+        The hqq package's HQQLinear (peer implementation of half-quadratic quantization; paqbench's own is `hqq`):
+        `bits` with `group_size` along `axis`, data-free. hqq's float zero points have no integer code, so each layer
+        becomes a dense Linear of HQQLinear.dequantize() exactly (record: conversion, peer_storage_bits_per_weight).
+        Needs hqq (pip install 'paqbench[hqq]'). Cost: hqq's proximal iterations, seconds to a minute for a 135M model
+        on CPU.
+    """)
     Params = HQQLibParams
     accepts = frozenset({"dense"})
 

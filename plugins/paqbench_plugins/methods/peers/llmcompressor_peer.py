@@ -42,6 +42,7 @@ from paqbench.peers.convert import (
     layer_facts,
 )
 from paqbench.peers.params import RequireExact
+from paqbench.text import prose
 
 PEER = Peer(module="llmcompressor", distribution="llmcompressor", extra="llmcompressor",
             note="it pins transformers 5.17: install it in its own environment, as tox -e peer-llmcompressor does")
@@ -65,11 +66,10 @@ class LLMCompressorParams(Params):
         "default: its own choice"
     )
     require_exact: RequireExact = False
-    targets: str | None = Field(
-        None, description="regex over module names converted afterwards; default: the Linear layers inside decoder "
-        "blocks (the recipe's own targets/ignore decide what llm-compressor changes; a changed layer outside these "
-        "is an error)"
-    )
+    targets: str | None = Field(None, description=prose("""
+        regex over module names converted afterwards; default: the Linear layers inside decoder blocks (the recipe's own
+        targets/ignore decide what llm-compressor changes; a changed layer outside these is an error)
+    """))
 
     @field_validator("recipe", mode="before")
     @classmethod
@@ -89,15 +89,14 @@ class LLMCompressor(PeerMethod):
     name = "llmcompressor"
     family = "other"
     peer = PEER
-    description = (
-        "llm-compressor's oneshot (peer implementation) with any recipe given as YAML in `recipe` (GPTQ, AWQ, "
-        "SmoothQuant, SparseGPT, Wanda, QuantizationModifier, ...), calibrated on the run's own calibration "
-        "windows; the result is converted into paqbench's layers: integer weight-only schemes into packed "
-        "QuantizedLinear codes (checked bitwise against compressed-tensors' fake_quantize), W8A8 int8 into "
-        "Int8DynamicLinear, sparsity into dense weights with recorded masks; other schemes are refused. Needs "
-        "llmcompressor, which pins transformers 5.17 (its own environment: tox -e peer-llmcompressor). Cost: the "
-        "recipe's (GPTQ: minutes for a 135M model on CPU)."
-    )
+    description = prose("""
+        llm-compressor's oneshot (peer implementation) with any recipe given as YAML in `recipe` (GPTQ, AWQ,
+        SmoothQuant, SparseGPT, Wanda, QuantizationModifier, ...), calibrated on the run's own calibration windows; the
+        result is converted into paqbench's layers: integer weight-only schemes into packed QuantizedLinear codes
+        (checked bitwise against compressed-tensors' fake_quantize), W8A8 int8 into Int8DynamicLinear, sparsity into
+        dense weights with recorded masks; other schemes are refused. Needs llmcompressor, which pins transformers 5.17
+        (its own environment: tox -e peer-llmcompressor). Cost: the recipe's (GPTQ: minutes for a 135M model on CPU).
+    """)
     Params = LLMCompressorParams
     accepts = frozenset({"dense", "pruned"})
     needs_calibration = True

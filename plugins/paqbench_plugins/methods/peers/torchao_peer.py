@@ -35,6 +35,7 @@ from paqbench.peers.convert import (
 )
 from paqbench.peers.params import RequireExact, RowGroupSize
 from paqbench.quant.params import Targets
+from paqbench.text import prose
 
 PEER = Peer(module="torchao", distribution="torchao", extra="torchao")
 
@@ -84,13 +85,13 @@ class TorchAO(PeerMethod):
     name = "torchao"
     family = "quantize"
     peer = PEER
-    description = (
-        "torchao's quantize_ (peer implementation) with int4-weight-only (IntxWeightOnlyConfig int4, group-wise, "
-        "float16 scales), int8-weight-only or int8-dynamic-activation configs; each layer is converted into "
-        "paqbench's packed QuantizedLinear / Int8DynamicLinear and checked bitwise against torchao's dequantized "
-        "weight (record: conversion.exact, differences and why). Needs torchao (pip install 'paqbench[torchao]'). "
-        "Cost: one round-to-nearest pass, seconds."
-    )
+    description = prose("""
+        torchao's quantize_ (peer implementation) with int4-weight-only (IntxWeightOnlyConfig int4, group-wise, float16
+        scales), int8-weight-only or int8-dynamic-activation configs; each layer is converted into paqbench's packed
+        QuantizedLinear / Int8DynamicLinear and checked bitwise against torchao's dequantized weight (record:
+        conversion.exact, differences and why). Needs torchao (pip install 'paqbench[torchao]'). Cost: one
+        round-to-nearest pass, seconds.
+    """)
     Params = TorchAOParams
     accepts = frozenset({"dense", "pruned"})
 

@@ -16,10 +16,12 @@ import torch
 from pydantic import Field
 
 from paqbench import Method, Params, RunContext, hookimpl
-from paqbench.layers import check_supported, dequantized_weight, require, select_targets
+from paqbench.blockwise.steps import checked_targets
+from paqbench.layers import dequantized_weight
 from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS
 from paqbench.layers.structured import install, kept_count, prune_channels, select_channels
 from paqbench.measure.counting import count_parameters
+from paqbench.text import prose
 
 
 class L1StructuredParams(Params):
@@ -50,28 +52,23 @@ class L1StructuredParams(Params):
 class L1Structured(Method):
     name = "l1-structured"
     family = "prune"
-    description = (
-        "Structured pruning by channel norm, as torch's ln_structured (n=1; n=2 with "
-        "norm: l2): in each targeted layer keep the width - round(ratio*width) input "
-        "columns (dim: input) or output rows (dim: output) with the largest norm, and "
-        "really shrink the layer: input pruning gathers the kept features and runs the "
-        "smaller matmul; output pruning computes the kept rows and scatters them into "
-        "zeros (removed outputs are 0, bias included). The smaller layer sits inside a "
-        "wrapper under `<name>.layer`, where later steps find it. Quantized layers are "
-        "scored on their dequantized weight and their codes sliced. `multiple_of: 8` "
-        "rounds pruned widths down for GPU tensor cores. Parameters and checkpoint bytes "
-        "fall; latency does not (each layer adds a gather or scatter of its activation). "
-        "Cost: one norm and top-k per layer, no calibration."
-    )
+    description = prose("""
+        Structured pruning by channel norm, as torch's ln_structured (n=1; n=2 with norm: l2): in each targeted layer
+        keep the width - round(ratio*width) input columns (dim: input) or output rows (dim: output) with the largest
+        norm, and really shrink the layer: input pruning gathers the kept features and runs the smaller matmul; output
+        pruning computes the kept rows and scatters them into zeros (removed outputs are 0, bias included). The smaller
+        layer sits inside a wrapper under `<name>.layer`, where later steps find it. Quantized layers are scored on
+        their dequantized weight and their codes sliced. `multiple_of: 8` rounds pruned widths down for GPU tensor
+        cores. Parameters and checkpoint bytes fall; latency does not (each layer adds a gather or scatter of its
+        activation). Cost: one norm and top-k per layer, no calibration.
+    """)
     Params = L1StructuredParams
     accepts = frozenset({"dense", "pruned", "quantized"})
 
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, params: L1StructuredParams, ctx: RunContext) -> dict[str, Any]:
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
         needs = SLICE_INPUTS if params.dim == "input" else SLICE_OUTPUTS
-        require(targets, needs, self.name, ctx.current_step)  # fail before changing anything
+        targets = checked_targets(model, params.targets, self, ctx, needs)  # fail before changing anything
         for name, module in targets.items():
             width = getattr(module, "in_features" if params.dim == "input" else "out_features", None)
             if width is not None and kept_count(width, params.ratio, params.multiple_of) == 0:

@@ -19,6 +19,7 @@ from paqbench import Method, Params, RunContext, hookimpl
 from paqbench.layers import decoder_blocks
 from paqbench.measure.counting import count_parameters
 from paqbench.structure.drop import angular_distances, block_influence, drop_blocks
+from paqbench.text import prose
 
 
 class LayerDropParams(Params):
@@ -69,14 +70,13 @@ def choose_blocks(scores: torch.Tensor, params: LayerDropParams, n_total: int, n
 class LayerDrop(Method):
     name = "layer-drop"
     family = "prune"
-    description = (
-        "Remove whole decoder blocks: the n with the lowest ShortGPT Block Influence (1 - cos between a "
-        "block's input and output hidden states over calibration tokens), or the n consecutive blocks with "
-        "the smallest angular distance between their input and output (Gromov et al.). Updates "
-        "num_hidden_layers, layer_types and each attention's layer_idx, so KV caching, generate() and "
-        "save/from_pretrained work. Any layer kind (blocks go whole). Cost: one block-by-block forward of "
-        "the calibration windows; no recovery fine-tuning."
-    )
+    description = prose("""
+        Remove whole decoder blocks: the n with the lowest ShortGPT Block Influence (1 - cos between a block's input and
+        output hidden states over calibration tokens), or the n consecutive blocks with the smallest angular distance
+        between their input and output (Gromov et al.). Updates num_hidden_layers, layer_types and each attention's
+        layer_idx, so KV caching, generate() and save/from_pretrained work. Any layer kind (blocks go whole). Cost: one
+        block-by-block forward of the calibration windows; no recovery fine-tuning.
+    """)
     Params = LayerDropParams
     accepts = frozenset({"dense", "pruned", "quantized", "other"})
     needs_calibration = True

@@ -14,7 +14,8 @@ import torch
 from pydantic import Field, model_validator
 
 from paqbench import Method, RunContext, hookimpl
-from paqbench.layers import check_supported, get_mask, require, select_targets
+from paqbench.blockwise.steps import checked_targets
+from paqbench.layers import get_mask
 from paqbench.layers.contract import ZERO_WEIGHTS
 from paqbench.prune.masks import (
     apply_keep_mask,
@@ -25,14 +26,14 @@ from paqbench.prune.masks import (
 )
 from paqbench.prune.nm import check_width, nm_keep_mask
 from paqbench.prune.params import SparsityParams
+from paqbench.text import prose
 
 
 class MagnitudeParams(SparsityParams):
-    scope: Literal["layer", "global"] = Field(
-        "layer",
-        description="layer: each targeted layer loses exactly `sparsity` of its weights; global: the smallest "
-        "|W| across all targeted layers together (layers end at different sparsities)",
-    )
+    scope: Literal["layer", "global"] = Field("layer", description=prose("""
+        layer: each targeted layer loses exactly `sparsity` of its weights; global: the smallest |W| across all
+        targeted layers together (layers end at different sparsities)
+    """))
 
     @model_validator(mode="after")
     def _pattern_is_per_layer(self) -> MagnitudeParams:
@@ -44,23 +45,19 @@ class MagnitudeParams(SparsityParams):
 class Magnitude(Method):
     name = "magnitude"
     family = "prune"
-    description = (
-        "Magnitude pruning: zero the weights with the smallest |W|. Unstructured with an "
-        "exact count, per layer (`scope: layer`, each layer exactly `sparsity`) or across all "
-        "targets (`scope: global`), or N:M semi-structured (`pattern: '2:4'` zeroes 2 of every "
-        "4 consecutive input weights per row). Quantized layers are scored on their "
-        "dequantized weight and their codes set to the zero point. Cost: one top-k per layer "
-        "(global: one k-th value over all targeted weights, 4 bytes each in CPU memory), no "
-        "calibration."
-    )
+    description = prose("""
+        Magnitude pruning: zero the weights with the smallest |W|. Unstructured with an exact count, per layer (`scope:
+        layer`, each layer exactly `sparsity`) or across all targets (`scope: global`), or N:M semi-structured
+        (`pattern: '2:4'` zeroes 2 of every 4 consecutive input weights per row). Quantized layers are scored on their
+        dequantized weight and their codes set to the zero point. Cost: one top-k per layer (global: one k-th value over
+        all targeted weights, 4 bytes each in CPU memory), no calibration.
+    """)
     Params = MagnitudeParams
     accepts = frozenset({"dense", "pruned", "quantized"})
 
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, params: MagnitudeParams, ctx: RunContext) -> dict[str, Any] | None:
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
-        require(targets, ZERO_WEIGHTS, self.name, ctx.current_step)
+        targets = checked_targets(model, params.targets, self, ctx, needs=ZERO_WEIGHTS)
         pattern = params.nm
         if pattern is not None:  # fail before changing anything
             for name, module in targets.items():

@@ -14,9 +14,11 @@ import torch
 from pydantic import Field
 
 from paqbench import Method, Params, RunContext, hookimpl
-from paqbench.layers import check_supported, get_mask, require, select_targets
+from paqbench.blockwise.steps import checked_targets
+from paqbench.layers import get_mask
 from paqbench.layers.contract import ZERO_WEIGHTS
 from paqbench.prune.masks import apply_keep_mask, keep_lowest_dropped, pruning_facts
+from paqbench.text import prose
 
 
 class RandomParams(Params):
@@ -30,21 +32,18 @@ class RandomParams(Params):
 class RandomPruning(Method):
     name = "random"
     family = "prune"
-    description = (
-        "Random unstructured pruning (as torch's random_unstructured, made permanent): zero "
-        "exactly round(sparsity * numel) uniformly chosen weights in each targeted layer; "
-        "weights pruned earlier count toward the target and stay pruned. Seeded (`seed`, "
-        "default the run's seed). Quantized layers have the chosen codes set to the zero "
-        "point. A baseline for scoring rules. Cost: one random draw per layer."
-    )
+    description = prose("""
+        Random unstructured pruning (as torch's random_unstructured, made permanent): zero exactly round(sparsity *
+        numel) uniformly chosen weights in each targeted layer; weights pruned earlier count toward the target and stay
+        pruned. Seeded (`seed`, default the run's seed). Quantized layers have the chosen codes set to the zero point. A
+        baseline for scoring rules. Cost: one random draw per layer.
+    """)
     Params = RandomParams
     accepts = frozenset({"dense", "pruned", "quantized"})
 
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, params: RandomParams, ctx: RunContext) -> dict[str, Any] | None:
-        targets = select_targets(model, params.targets)
-        check_supported(targets, self.accepts, self.name, ctx.current_step)
-        require(targets, ZERO_WEIGHTS, self.name, ctx.current_step)
+        targets = checked_targets(model, params.targets, self, ctx, needs=ZERO_WEIGHTS)
         seed = params.seed if params.seed is not None else int(getattr(ctx, "seed", 0) or 0)
         generator = torch.Generator().manual_seed(seed)  # on the CPU: the same draw on every device
         for name, module in ctx.progress(targets.items(), "random pruning", total=len(targets)):

@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 
 from paqbench import Method, RunContext, hookimpl
 from paqbench.blockwise.driver import OnloadedModules, calibrate_layers
-from paqbench.blockwise.steps import calibration_targets
+from paqbench.blockwise.steps import calibration_targets, layer_device
 from paqbench.layers import capabilities, get_mask
 from paqbench.layers.contract import EXACT_GRID, FLOAT_WEIGHT
 from paqbench.layers.sparsity import MASK_BUFFER
@@ -31,6 +31,7 @@ from paqbench.quant.gptq import HessianAccumulator
 from paqbench.quant.linear import QuantizedLinear, replace_module
 from paqbench.quant.quantizer import QuantConfig
 from paqbench.quant.summary import summarize
+from paqbench.text import prose
 
 
 class SparseGPTParams(SparsityParams):
@@ -69,16 +70,14 @@ class SparseGPTParams(SparsityParams):
 class SparseGPT(Method):
     name = "sparsegpt"
     family = "prune"
-    description = (
-        "SparseGPT (Frantar & Alistarh 2023): prune columns left to right and update the "
-        "remaining weights through the inverse Hessian of the layer's calibration inputs, "
-        "so ||WX - W'X|| stays small; the mask is chosen per block of `block_size` columns "
-        "by w^2/[H^-1]_jj^2 (exact count per layer), or N:M (`pattern: '2:4'`). Optional "
-        "joint quantization (`bits`, `group_size`, `symmetric`) yields a QuantizedLinear "
-        "with pruned codes at the zero point. Quantized layers are pruned and requantized "
-        "onto their own grid. Layer-sequential (one block's activations in memory). Cost per "
-        "layer: Hessian O(tokens*in^2), O(in^3 + out*in^2) for the update; like GPTQ."
-    )
+    description = prose("""
+        SparseGPT (Frantar & Alistarh 2023): prune columns left to right and update the remaining weights through the
+        inverse Hessian of the layer's calibration inputs, so ||WX - W'X|| stays small; the mask is chosen per block of
+        `block_size` columns by w^2/[H^-1]_jj^2 (exact count per layer), or N:M (`pattern: '2:4'`). Optional joint
+        quantization (`bits`, `group_size`, `symmetric`) yields a QuantizedLinear with pruned codes at the zero point.
+        Quantized layers are pruned and requantized onto their own grid. Layer-sequential (one block's activations in
+        memory). Cost per layer: Hessian O(tokens*in^2), O(in^3 + out*in^2) for the update; like GPTQ.
+    """)
     Params = SparseGPTParams
     accepts = frozenset({"dense", "pruned", "quantized"})
     needs_calibration = True
@@ -103,7 +102,7 @@ class SparseGPT(Method):
         stats = {"loss": 0.0, "dead_columns": 0, "max_damp": params.damp}
 
         def statistic(module: torch.nn.Module) -> HessianAccumulator:
-            return HessianAccumulator(module.in_features, _device(module))
+            return HessianAccumulator(module.in_features, layer_device(module))
 
         @torch.no_grad()
         def prune(name: str, module: torch.nn.Module, hessian: HessianAccumulator) -> None:
@@ -146,13 +145,6 @@ class SparseGPT(Method):
         if config is not None or any(EXACT_GRID in capabilities(m) for m in map(model.get_submodule, names)):
             facts.update({k: v for k, v in summarize(quantized).items() if k != "layers"})
         return facts
-
-
-def _device(module: torch.nn.Module) -> torch.device:
-    tensor = next(iter(module.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(module.buffers()))
-    return tensor.device
 
 
 def _float_dtype(module: torch.nn.Module, model: torch.nn.Module) -> torch.dtype:

@@ -26,6 +26,7 @@ from paqbench.structure.blocks import BlockParts, block_parts
 from paqbench.structure.config import record_structure
 from paqbench.structure.importance import attention_group_scores, mlp_channel_scores, weight_gradients
 from paqbench.structure.shrink import shrink_attention, shrink_mlp
+from paqbench.text import prose
 
 
 class StructuredParams(Params):
@@ -124,16 +125,15 @@ def allocate(
 class Structured(Method):
     name = "structured"
     family = "prune"
-    description = (
-        "LLM-Pruner-style dependency-aware structured pruning of Llama/Mistral/Qwen2 blocks: remove whole "
-        "MLP intermediate channels (gate/up rows with the down column) and whole KV groups (a KV head with "
-        "its query heads: q/k/v rows and o columns), ranked by L1, L2 or first-order Taylor importance "
-        "summed over each group's weights, per block or globally, skipping the first/last blocks. Layers "
-        "really shrink (smaller nn.Linear, sliced quantized codes), so params, storage and latency fall; "
-        "the config records the new sizes so save/load round-trips (per-block sizes: "
-        "paqbench.structure.load_structured). Cost: norms only, or for taylor one forward+backward per "
-        "calibration window plus one float32 gradient per pruned weight in memory. No recovery fine-tuning."
-    )
+    description = prose("""
+        LLM-Pruner-style dependency-aware structured pruning of Llama/Mistral/Qwen2 blocks: remove whole MLP
+        intermediate channels (gate/up rows with the down column) and whole KV groups (a KV head with its query heads:
+        q/k/v rows and o columns), ranked by L1, L2 or first-order Taylor importance summed over each group's weights,
+        per block or globally, skipping the first/last blocks. Layers really shrink (smaller nn.Linear, sliced quantized
+        codes), so params, storage and latency fall; the config records the new sizes so save/load round-trips
+        (per-block sizes: paqbench.structure.load_structured). Cost: norms only, or for taylor one forward+backward per
+        calibration window plus one float32 gradient per pruned weight in memory. No recovery fine-tuning.
+    """)
     Params = StructuredParams
     accepts = frozenset({"dense", "pruned", "quantized"})
     needs_calibration = True  # taylor importance only

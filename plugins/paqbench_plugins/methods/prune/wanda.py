@@ -15,13 +15,14 @@ from pydantic import Field
 
 from paqbench import Method, RunContext, hookimpl
 from paqbench.blockwise.driver import OnloadedModules, calibrate_layers
-from paqbench.blockwise.steps import calibration_targets
+from paqbench.blockwise.steps import calibration_targets, layer_device
 from paqbench.layers import get_mask
 from paqbench.layers.contract import ZERO_WEIGHTS
 from paqbench.prune.masks import apply_keep_mask, current_weight, keep_lowest_dropped, pruning_facts
 from paqbench.prune.nm import check_widths, nm_keep_mask
 from paqbench.prune.params import SparsityParams
 from paqbench.prune.wanda import InputNormAccumulator, wanda_scores
+from paqbench.text import prose
 
 
 class WandaParams(SparsityParams):
@@ -40,17 +41,15 @@ class WandaParams(SparsityParams):
 class Wanda(Method):
     name = "wanda"
     family = "prune"
-    description = (
-        "Wanda (Sun et al. 2023): zero the weights with the lowest |W| * ||X_j||_2, where "
-        "||X_j|| is the L2 norm of input feature j over the calibration tokens; compared "
-        "within each output row (`compare: row`, the paper) or the whole layer; unstructured "
-        "or N:M (`pattern: '2:4'`). No weight update. Layer-sequential calibration (each "
-        "block scored on the pruned blocks' outputs). Quantized layers are scored on their "
-        "dequantized weight and their codes set to the zero point. Cost per decoder block: "
-        "one forward of the calibration windows (one per layer group with "
-        "`true_sequential`) plus one for the next block's inputs; one float per input "
-        "column of statistics. Seconds on a CPU for 135M parameters."
-    )
+    description = prose("""
+        Wanda (Sun et al. 2023): zero the weights with the lowest |W| * ||X_j||_2, where ||X_j|| is the L2 norm of input
+        feature j over the calibration tokens; compared within each output row (`compare: row`, the paper) or the whole
+        layer; unstructured or N:M (`pattern: '2:4'`). No weight update. Layer-sequential calibration (each block scored
+        on the pruned blocks' outputs). Quantized layers are scored on their dequantized weight and their codes set to
+        the zero point. Cost per decoder block: one forward of the calibration windows (one per layer group with
+        `true_sequential`) plus one for the next block's inputs; one float per input column of statistics. Seconds on a
+        CPU for 135M parameters.
+    """)
     Params = WandaParams
     accepts = frozenset({"dense", "pruned", "quantized"})
     needs_calibration = True
@@ -63,7 +62,7 @@ class Wanda(Method):
                                              check=lambda targets: check_widths(targets, pattern))
 
         def statistic(module: torch.nn.Module) -> InputNormAccumulator:
-            return InputNormAccumulator(module.in_features, _device(module))
+            return InputNormAccumulator(module.in_features, layer_device(module))
 
         @torch.no_grad()
         def prune(name: str, module: torch.nn.Module, stats: InputNormAccumulator) -> None:
@@ -81,13 +80,6 @@ class Wanda(Method):
         with OnloadedModules(model, names) as modules:  # weights on disk: one block at a time
             facts = pruning_facts(modules, pattern)
         return {**facts, "calibration_windows": len(batches)}
-
-
-def _device(module: torch.nn.Module) -> torch.device:
-    tensor = next(iter(module.parameters()), None)
-    if tensor is None:
-        tensor = next(iter(module.buffers()))
-    return tensor.device
 
 
 @hookimpl

@@ -23,6 +23,7 @@ from paqbench.quant.linear import QuantizedLinear, replace_module
 from paqbench.quant.params import WeightQuantParams
 from paqbench.quant.sequential import BlockInputs
 from paqbench.quant.summary import summarize
+from paqbench.text import prose
 
 
 class AWQParams(WeightQuantParams):
@@ -47,17 +48,16 @@ class AWQParams(WeightQuantParams):
 class AWQ(Method):
     name = "awq"
     family = "quantize"
-    description = (
-        "AWQ (Lin et al. 2023): activation-aware weight quantization. Per decoder block, each group of layers "
-        "sharing an input (q/k/v after input_layernorm, gate/up after post_attention_layernorm, down after up, o "
-        "after v when there is no grouped-query attention) gets per-input-channel scales s = mean|x|^alpha, alpha "
-        "searched on a grid of `n_grid` to minimise the group's output error after quantization; 1/s is folded into "
-        "the preceding norm or Linear, s into the layers' columns, so the float model is unchanged. Optional "
-        "max-abs clipping search (`clip`). Then round-to-nearest into QuantizedLinear (bits, group_size with a "
-        "shorter last group allowed, asymmetric by default). Mask-aware: pruned weights stay exactly zero. "
-        "Layer-sequential. Cost per block: n_grid forwards of the attention and MLP modules over the calibration "
-        "tokens, plus 10 matmuls per clipped layer over <= 512 tokens."
-    )
+    description = prose("""
+        AWQ (Lin et al. 2023): activation-aware weight quantization. Per decoder block, each group of layers sharing an
+        input (q/k/v after input_layernorm, gate/up after post_attention_layernorm, down after up, o after v when there
+        is no grouped-query attention) gets per-input-channel scales s = mean|x|^alpha, alpha searched on a grid of
+        `n_grid` to minimise the group's output error after quantization; 1/s is folded into the preceding norm or
+        Linear, s into the layers' columns, so the float model is unchanged. Optional max-abs clipping search (`clip`).
+        Then round-to-nearest into QuantizedLinear (bits, group_size with a shorter last group allowed, asymmetric by
+        default). Mask-aware: pruned weights stay exactly zero. Layer-sequential. Cost per block: n_grid forwards of the
+        attention and MLP modules over the calibration tokens, plus 10 matmuls per clipped layer over <= 512 tokens.
+    """)
     Params = AWQParams
     accepts = frozenset({"dense", "pruned"})
     needs_calibration = True

@@ -20,6 +20,7 @@ import torch
 from pydantic import Field
 
 from paqbench import Method, Params, RunContext, hookimpl
+from paqbench.text import prose
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -41,12 +42,12 @@ def _float_dtypes(model: torch.nn.Module) -> dict[str, int]:
 class Cast(Method):
     name = "cast"
     family = "quantize"
-    description = (
-        "Cast the model to `dtype` (bfloat16, float16 or float32): dense weights, biases and "
-        "activations. Packed quantized layers keep their codes and float16 scales; with half-precision "
-        "activations they can use the CPU int4/int8 kernels. The transformers config's dtype follows, "
-        "so a saved checkpoint reloads in it. Cost: one pass over the weights."
-    )
+    description = prose("""
+        Cast the model to `dtype` (bfloat16, float16 or float32): dense weights, biases and activations. Packed
+        quantized layers keep their codes and float16 scales; with half-precision activations they can use the CPU
+        int4/int8 kernels. The transformers config's dtype follows, so a saved checkpoint reloads in it. Cost: one pass
+        over the weights.
+    """)
     Params = CastParams
     accepts = frozenset({"dense", "pruned", "quantized"})
 

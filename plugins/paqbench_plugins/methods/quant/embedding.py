@@ -26,6 +26,7 @@ from paqbench.quant.embedding import QuantizedEmbedding, tie_quantized_head
 from paqbench.quant.linear import QuantizedLinear, replace_module
 from paqbench.quant.params import refuse_zero
 from paqbench.quant.quantizer import QuantConfig
+from paqbench.text import prose
 
 
 class EmbeddingQuantParams(Params):
@@ -53,12 +54,12 @@ def _name_of(model: nn.Module, module: nn.Module) -> str:
 class EmbedRTN(Method):
     name = "embed-rtn"
     family = "quantize"
-    description = (
-        "Round-to-nearest quantization of the input token embedding: `bits` in {2,3,4,8}, groups of "
-        "`group_size` along the hidden dim, asymmetric or `symmetric`. A tied LM head computes its logits "
-        "from the same packed codes (stored once); an untied one becomes a QuantizedLinear. Forward "
-        "dequantizes only the looked-up rows. Cost: one pass over the table, no calibration."
-    )
+    description = prose("""
+        Round-to-nearest quantization of the input token embedding: `bits` in {2,3,4,8}, groups of `group_size` along
+        the hidden dim, asymmetric or `symmetric`. A tied LM head computes its logits from the same packed codes (stored
+        once); an untied one becomes a QuantizedLinear. Forward dequantizes only the looked-up rows. Cost: one pass over
+        the table, no calibration.
+    """)
     Params = EmbeddingQuantParams
     accepts = frozenset({"dense", "pruned"})
 

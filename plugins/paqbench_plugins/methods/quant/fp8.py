@@ -13,6 +13,7 @@ from paqbench.blockwise.steps import replace_targets
 from paqbench.quant.fp8 import FP8Linear
 from paqbench.quant.params import Targets
 from paqbench.quant.summary import storage_facts
+from paqbench.text import prose
 
 
 class FP8Params(Params):
@@ -28,13 +29,13 @@ class FP8Params(Params):
 class FP8(Method):
     name = "fp8"
     family = "quantize"
-    description = (
-        "FP8 E4M3 quantization: each targeted Linear becomes an FP8Linear storing its weight as float8_e4m3fn "
-        "(one byte per weight) with a float32 scale per output channel (or per tensor); activations are rounded "
-        "to E4M3 at run time with a scale per token (default) or per tensor, or left in float (`activations: "
-        "none`, weight-only). Forward: exact float32 emulation (torch._scaled_mm on CUDA >= sm89, untested on "
-        "hardware here). Pruned weights stay exactly zero. No calibration; cost: one pass over the weights."
-    )
+    description = prose("""
+        FP8 E4M3 quantization: each targeted Linear becomes an FP8Linear storing its weight as float8_e4m3fn (one byte
+        per weight) with a float32 scale per output channel (or per tensor); activations are rounded to E4M3 at run time
+        with a scale per token (default) or per tensor, or left in float (`activations: none`, weight-only). Forward:
+        exact float32 emulation (torch._scaled_mm on CUDA >= sm89, untested on hardware here). Pruned weights stay
+        exactly zero. No calibration; cost: one pass over the weights.
+    """)
     Params = FP8Params
     accepts = frozenset({"dense", "pruned"})
     supports_offload = True  # weights reached through paqbench.blockwise.driver

@@ -23,6 +23,7 @@ from paqbench.quant.linear import QuantizedLinear, replace_module
 from paqbench.quant.params import WeightQuantParams
 from paqbench.quant.quantizer import keep_mask
 from paqbench.quant.summary import summarize
+from paqbench.text import prose
 
 
 class GPTQParams(WeightQuantParams):
@@ -46,30 +47,27 @@ class GPTQParams(WeightQuantParams):
 class GPTQ(Method):
     name = "gptq"
     family = "quantize"
-    description = (
-        "GPTQ (Frantar et al. 2022): quantize weights column by column, compensating each "
-        "column's rounding error on the remaining columns through the inverse Hessian of "
-        "the layer's calibration inputs. Layer-sequential (one decoder block's activations "
-        "in memory; each block sees the outputs of the quantized ones before it), "
-        "`true_sequential` within blocks, `act_order` with the group index recorded, "
-        "`static_groups`, any `group_size` (shorter last group allowed), mask-aware: pruned "
-        "weights end exactly zero. Parameters: bits, group_size, symmetric, damp, "
-        "block_size, act_order, static_groups, true_sequential, targets (decoder-block "
-        "Linears only). Cost per decoder block: one forward of the calibration windows per "
-        "group of layers (q/k/v, o, gate/up, down with true_sequential; each stopped once its "
-        "layers have run) and one more for the next block's inputs, a Hessian update "
-        "O(tokens*in^2) and O(in^3 + out*in^2) per layer; tens of minutes for 135M "
-        "parameters with 32x512 tokens on a 2-core CPU, about a minute on a GPU."
-    )
+    description = prose("""
+        GPTQ (Frantar et al. 2022): quantize weights column by column, compensating each column's rounding error on the
+        remaining columns through the inverse Hessian of the layer's calibration inputs. Layer-sequential (one decoder
+        block's activations in memory; each block sees the outputs of the quantized ones before it), `true_sequential`
+        within blocks, `act_order` with the group index recorded, `static_groups`, any `group_size` (shorter last group
+        allowed), mask-aware: pruned weights end exactly zero. Parameters: bits, group_size, symmetric, damp,
+        block_size, act_order, static_groups, true_sequential, targets (decoder-block Linears only). Cost per decoder
+        block: one forward of the calibration windows per group of layers (q/k/v, o, gate/up, down with true_sequential;
+        each stopped once its layers have run) and one more for the next block's inputs, a Hessian update O(tokens*in^2)
+        and O(in^3 + out*in^2) per layer; tens of minutes for 135M parameters with 32x512 tokens on a 2-core CPU, about
+        a minute on a GPU.
+    """)
     Params = GPTQParams
     accepts = frozenset({"dense", "pruned"})
     needs_calibration = True
     supports_offload = True  # weights reached through paqbench.blockwise.driver
 
     def apply(self, model: nn.Module, params: GPTQParams, ctx: RunContext) -> dict[str, Any] | None:
-        config = params.quant_config()
         names, batches = calibration_targets(model, params.targets, self, ctx, needs=FLOAT_WEIGHT, verb="quantize",
                                              instead="rtn")
+        config = params.quant_config()
         layers: dict[str, QuantizedLinear] = {}
         stats = {"loss": 0.0, "dead_columns": 0, "max_damp": params.damp}
 
@@ -96,7 +94,7 @@ class GPTQ(Method):
             method=self.name, verb="quantize", instead="rtn",
             progress=lambda it, desc, total: ctx.progress(it, desc, total),
         )
-        return {**summarize(layers), "calibration_windows": len(batches), **stats}
+        return {**summarize(layers, len(batches)), **stats}
 
 
 @hookimpl

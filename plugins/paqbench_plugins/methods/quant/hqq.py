@@ -20,6 +20,7 @@ from paqbench.quant.linear import QuantizedLinear
 from paqbench.quant.params import GroupSize, Targets
 from paqbench.quant.quantizer import QuantConfig, keep_mask
 from paqbench.quant.summary import summarize
+from paqbench.text import prose
 
 
 class HQQParams(Params):
@@ -41,15 +42,14 @@ class HQQParams(Params):
 class HQQ(Method):
     name = "hqq"
     family = "quantize"
-    description = (
-        "Half-quadratic quantization (HQQ, data-free): asymmetric grid per group of `group_size` input columns, "
-        "`bits` 2-8; starting from the min-max grid, each group's zero point is optimized against an lp-norm "
-        "(p<1) error by proximal iterations, then rounded to an integer code and the scale refitted by least "
-        "squares; a group keeps the RTN grid where HQQ's would not lower its error. Stored as a packed "
-        "QuantizedLinear (same kernels, storage and export as rtn). Pruned weights stay exactly zero. "
-        "No calibration; cost: up to 20 vectorized iterations over the weights (minutes for a 135M model on "
-        "a 2-core CPU)."
-    )
+    description = prose("""
+        Half-quadratic quantization (HQQ, data-free): asymmetric grid per group of `group_size` input columns, `bits`
+        2-8; starting from the min-max grid, each group's zero point is optimized against an lp-norm (p<1) error by
+        proximal iterations, then rounded to an integer code and the scale refitted by least squares; a group keeps the
+        RTN grid where HQQ's would not lower its error. Stored as a packed QuantizedLinear (same kernels, storage and
+        export as rtn). Pruned weights stay exactly zero. No calibration; cost: up to 20 vectorized iterations over the
+        weights (minutes for a 135M model on a 2-core CPU).
+    """)
     Params = HQQParams
     accepts = frozenset({"dense", "pruned"})
     supports_offload = True  # weights reached through paqbench.blockwise.driver

@@ -24,6 +24,7 @@ from paqbench.quant.codebook import input_second_moments
 from paqbench.quant.lut import LUTLinear
 from paqbench.quant.params import Targets
 from paqbench.quant.summary import summarize
+from paqbench.text import prose
 
 
 class KMeansParams(Params):
@@ -50,15 +51,15 @@ class KMeansParams(Params):
 class KMeans(Method):
     name = "kmeans"
     family = "quantize"
-    description = (
-        "Non-uniform quantization with learned lookup tables: per output channel (or per group of `group_size` "
-        "inputs) a table of 2**`bits` fp16 values fitted by Lloyd iterations from the RTN grid (never worse "
-        "than RTN in squared error), optionally `weighted` by the calibration inputs' E[x^2] per column "
-        "(SqueezeLLM-style). One entry is pinned to 0.0: pruned weights stay exactly zero. Storage: bits + "
-        "16*2**bits/group bits per weight (4.44 at 4 bits per channel on 576 columns). Cost: two Lloyd runs of "
-        "`iterations` passes over each weight matrix (about 1.5 s for a 1536x576 layer on one CPU core, 3-5 "
-        "minutes for SmolLM2-135M); weighted adds one forward over the calibration windows."
-    )
+    description = prose("""
+        Non-uniform quantization with learned lookup tables: per output channel (or per group of `group_size` inputs) a
+        table of 2**`bits` fp16 values fitted by Lloyd iterations from the RTN grid (never worse than RTN in squared
+        error), optionally `weighted` by the calibration inputs' E[x^2] per column (SqueezeLLM-style). One entry is
+        pinned to 0.0: pruned weights stay exactly zero. Storage: bits + 16*2**bits/group bits per weight (4.44 at 4
+        bits per channel on 576 columns). Cost: two Lloyd runs of `iterations` passes over each weight matrix (about 1.5
+        s for a 1536x576 layer on one CPU core, 3-5 minutes for SmolLM2-135M); weighted adds one forward over the
+        calibration windows.
+    """)
     Params = KMeansParams
     accepts = frozenset({"dense", "pruned"})
     needs_calibration = True  # weighted only
@@ -67,12 +68,11 @@ class KMeans(Method):
     @torch.no_grad()
     def apply(self, model: torch.nn.Module, params: KMeansParams, ctx: RunContext) -> dict[str, Any] | None:
         targets = checked_targets(model, params.targets, self, ctx)
-        importance = None
-        if params.weighted:
-            if offload_of(model) is not None:
-                raise ValueError("kmeans with weighted: true runs the whole model at once and cannot run with "
-                                 "model.offload: disk; set weighted: false")
-            importance = input_second_moments(model, targets, ctx.calibration_batches(), ctx.progress)
+        if params.weighted and offload_of(model) is not None:
+            raise ValueError("kmeans with weighted: true runs the whole model at once and cannot run with "
+                             "model.offload: disk; set weighted: false")
+        importance = (input_second_moments(model, targets, ctx.calibration_batches(), ctx.progress)
+                      if params.weighted else None)
         names = list(targets)
         del targets  # hold no reference to a replaced float layer
 
@@ -82,10 +82,8 @@ class KMeans(Method):
                 importance=None if importance is None else importance.pop(name), iterations=params.iterations,
             )
 
-        facts = summarize(replace_each(model, names, ctx, self.name, convert))
-        if params.weighted:
-            facts["calibration_windows"] = len(ctx.calibration_batches())
-        return facts
+        layers = replace_each(model, names, ctx, self.name, convert)
+        return summarize(layers, len(ctx.calibration_batches()) if params.weighted else None)
 
 
 @hookimpl

@@ -24,6 +24,7 @@ from torch import nn
 
 from paqbench import Method, Params, RunContext, hookimpl
 from paqbench.layers import check_supported
+from paqbench.text import prose
 
 #: Block types whose values paqbench's integer grid holds exactly: bits per code.
 IMPORTABLE = {"Q4_0": 4, "Q8_0": 8}
@@ -84,13 +85,13 @@ def quantize_file(source: Path, target: Path, kind: str, threads: int) -> str:
 class LlamaCppQuantize(Method):
     name = "llamacpp-quantize"
     family = "quantize"
-    description = (
-        "llama.cpp's own quantizer (llama_model_quantize, no importance matrix) to `type` Q4_0 or Q8_0: the model "
-        "is written as an F16 GGUF, quantized by llama.cpp, and its blocks read back into paqbench's packed "
-        "layers without re-rounding (the token table too, in whatever type llama.cpp chose for it). The "
-        "baseline for paqbench's methods in llama.cpp's own format. Needs llama-cpp-python; Llama "
-        "architecture. Cost: one GGUF write and llama.cpp's quantization, seconds."
-    )
+    description = prose("""
+        llama.cpp's own quantizer (llama_model_quantize, no importance matrix) to `type` Q4_0 or Q8_0: the model is
+        written as an F16 GGUF, quantized by llama.cpp, and its blocks read back into paqbench's packed layers without
+        re-rounding (the token table too, in whatever type llama.cpp chose for it). The baseline for paqbench's methods
+        in llama.cpp's own format. Needs llama-cpp-python; Llama architecture. Cost: one GGUF write and llama.cpp's
+        quantization, seconds.
+    """)
     Params = LlamaCppQuantParams
     accepts = frozenset({"dense"})
 

@@ -19,6 +19,7 @@ from paqbench.blockwise.steps import replace_targets
 from paqbench.quant.nf4 import NF4Linear
 from paqbench.quant.params import Targets
 from paqbench.quant.summary import summarize
+from paqbench.text import prose
 
 
 class NF4Params(Params):
@@ -37,14 +38,14 @@ class NF4Params(Params):
 class NF4(Method):
     name = "nf4"
     family = "quantize"
-    description = (
-        "NF4 (QLoRA, Dettmers et al. 2023): 4-bit NormalFloat codes (bitsandbytes' table, code 7 = 0.0) times a "
-        "blockwise absmax (`block_size` 64), with `double_quant` of the absmax constants (8-bit dynamic map, "
-        "mean offset, fp32 scale per `dq_block` 256): about 4.127 bits per weight plus index overhead. Replaces "
-        "each targeted Linear by an NF4Linear holding packed codes; pruned weights stay exactly zero. Forward: "
-        "dequantize + matmul, or bitsandbytes' NF4 kernel on CUDA when it is installed and agrees with the "
-        "reference. Cost: one pass over the weights, no calibration (seconds for a 1B model)."
-    )
+    description = prose("""
+        NF4 (QLoRA, Dettmers et al. 2023): 4-bit NormalFloat codes (bitsandbytes' table, code 7 = 0.0) times a blockwise
+        absmax (`block_size` 64), with `double_quant` of the absmax constants (8-bit dynamic map, mean offset, fp32
+        scale per `dq_block` 256): about 4.127 bits per weight plus index overhead. Replaces each targeted Linear by an
+        NF4Linear holding packed codes; pruned weights stay exactly zero. Forward: dequantize + matmul, or bitsandbytes'
+        NF4 kernel on CUDA when it is installed and agrees with the reference. Cost: one pass over the weights, no
+        calibration (seconds for a 1B model).
+    """)
     Params = NF4Params
     accepts = frozenset({"dense", "pruned"})
     supports_offload = True  # weights reached through paqbench.blockwise.driver

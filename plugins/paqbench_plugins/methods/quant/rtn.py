@@ -17,19 +17,18 @@ from paqbench.blockwise.steps import replace_targets
 from paqbench.quant.linear import QuantizedLinear
 from paqbench.quant.params import WeightQuantParams
 from paqbench.quant.summary import summarize
+from paqbench.text import prose
 
 
 class RTN(Method):
     name = "rtn"
     family = "quantize"
-    description = (
-        "Round-to-nearest weight quantization: min-max grid per group of `group_size` "
-        "input columns (shorter last group allowed; -1 = per output channel), `bits` in "
-        "{2,3,4,8}, asymmetric or `symmetric`. Replaces each targeted Linear by a "
-        "QuantizedLinear holding packed codes, so checkpoint bytes really shrink. Pruned "
-        "weights stay exactly zero. Cost: one pass over the weights, no calibration "
-        "(seconds for a 1B model)."
-    )
+    description = prose("""
+        Round-to-nearest weight quantization: min-max grid per group of `group_size` input columns (shorter last group
+        allowed; -1 = per output channel), `bits` in {2,3,4,8}, asymmetric or `symmetric`. Replaces each targeted Linear
+        by a QuantizedLinear holding packed codes, so checkpoint bytes really shrink. Pruned weights stay exactly zero.
+        Cost: one pass over the weights, no calibration (seconds for a 1B model).
+    """)
     Params = WeightQuantParams
     accepts = frozenset({"dense", "pruned"})
     supports_offload = True  # weights reached through paqbench.blockwise.driver

@@ -22,6 +22,7 @@ from paqbench.quant.sequential import BlockInputs
 from paqbench.quant.smoothquant import SmoothConfig, smooth_block
 from paqbench.quant.summary import summarize
 from paqbench.quant.w8a8 import Int8DynamicLinear
+from paqbench.text import prose
 
 
 class SmoothQuantParams(Params):
@@ -60,22 +61,22 @@ class SmoothQuantParams(Params):
 class SmoothQuant(Method):
     name = "smoothquant"
     family = "quantize"
-    description = (
-        "SmoothQuant (Xiao et al. 2023): per input channel j of each group of layers sharing an input (q/k/v after "
-        "input_layernorm, gate/up after post_attention_layernorm; with fold_into_linear also o after v without "
-        "grouped-query attention and down after up), s_j = max|X_j|^alpha / max|W_j|^(1-alpha) from the "
-        "calibration activations; 1/s is folded into the preceding norm or Linear and s into the layers' columns "
-        "(the float model is unchanged), flattening activation outliers. Then W8A8 int8 dynamic (the w8a8 "
-        "method's Int8DynamicLinear). Layer-sequential; cost per block: one forward of the calibration tokens."
-    )
+    description = prose("""
+        SmoothQuant (Xiao et al. 2023): per input channel j of each group of layers sharing an input (q/k/v after
+        input_layernorm, gate/up after post_attention_layernorm; with fold_into_linear also o after v without
+        grouped-query attention and down after up), s_j = max|X_j|^alpha / max|W_j|^(1-alpha) from the calibration
+        activations; 1/s is folded into the preceding norm or Linear and s into the layers' columns (the float model is
+        unchanged), flattening activation outliers. Then W8A8 int8 dynamic (the w8a8 method's Int8DynamicLinear).
+        Layer-sequential; cost per block: one forward of the calibration tokens.
+    """)
     Params = SmoothQuantParams
     accepts = frozenset({"dense", "pruned"})
     needs_calibration = True
     supports_offload = True  # weights reached through paqbench.blockwise.driver
 
     def apply(self, model: nn.Module, params: SmoothQuantParams, ctx: RunContext) -> dict[str, Any] | None:
-        config = params.smooth_config()
         names, batches = calibration_targets(model, params.targets, self, ctx, verb="quantize", instead="w8a8")
+        config = params.smooth_config()
         layers: dict[str, Int8DynamicLinear] = {}
         alphas: dict[str, float] = {}
         spreads: list[tuple[float, float]] = []
@@ -97,8 +98,7 @@ class SmoothQuant(Method):
         return {
             "layers": len(layers),  # first, as before: the key order of the facts is the report's
             "scaled_only": 0 if params.quantize else len(names),
-            **summarize(layers),
-            "calibration_windows": len(batches),
+            **summarize(layers, len(batches)),
             "scale_groups": len(alphas),
             "alphas": alphas,
             # largest over mean per-channel activation maximum of each group's input, averaged over groups

@@ -21,6 +21,7 @@ from paqbench.quant.codebook import input_second_moments
 from paqbench.quant.params import Targets, refuse_zero
 from paqbench.quant.summary import summarize
 from paqbench.quant.vq import VQLinear
+from paqbench.text import prose
 
 
 class VQParams(Params):
@@ -45,15 +46,14 @@ class VQParams(Params):
 class VQ(Method):
     name = "vq"
     family = "quantize"
-    description = (
-        "Vector quantization: rows cut into vectors of `dim` consecutive input weights, one codebook of "
-        "2**`codebook_bits` fp16 vectors per layer (or per `rows_per_codebook` rows) fitted by k-means "
-        "(k-means++ seeded by the run seed, `iterations` Lloyd steps, optionally `weighted` by calibration "
-        "E[x^2]); each vector stores its codeword index. Bits per weight: codebook_bits/dim + codebooks "
-        "(4.04 at dim 2, 8 bits on 576x1536). Pruned weights (recorded mask) stay exactly zero through a 1-bit "
-        "keep bitmap (+1 bit per weight). Cost: O(vectors x codewords) per Lloyd iteration; about 1 s per "
-        "iteration for a 576x1536 layer on one CPU core, far less on a GPU."
-    )
+    description = prose("""
+        Vector quantization: rows cut into vectors of `dim` consecutive input weights, one codebook of
+        2**`codebook_bits` fp16 vectors per layer (or per `rows_per_codebook` rows) fitted by k-means (k-means++ seeded
+        by the run seed, `iterations` Lloyd steps, optionally `weighted` by calibration E[x^2]); each vector stores its
+        codeword index. Bits per weight: codebook_bits/dim + codebooks (4.04 at dim 2, 8 bits on 576x1536). Pruned
+        weights (recorded mask) stay exactly zero through a 1-bit keep bitmap (+1 bit per weight). Cost: O(vectors x
+        codewords) per Lloyd iteration; about 1 s per iteration for a 576x1536 layer on one CPU core, far less on a GPU.
+    """)
     Params = VQParams
     accepts = frozenset({"dense", "pruned"})
     needs_calibration = True  # weighted only
@@ -68,9 +68,8 @@ class VQ(Method):
                     f"input columns of layer {name!r}; choose a dim that divides every targeted width, or narrow "
                     "`targets`"
                 )
-        importance = None
-        if params.weighted:
-            importance = input_second_moments(model, targets, ctx.calibration_batches(), ctx.progress)
+        importance = (input_second_moments(model, targets, ctx.calibration_batches(), ctx.progress)
+                      if params.weighted else None)
         names = list(targets)
         del targets  # hold no reference to a replaced float layer
         numbers = {name: number for number, name in enumerate(names)}  # each layer's seed offset
@@ -82,10 +81,8 @@ class VQ(Method):
                 seed=ctx.seed * 100003 + numbers[name],
             )
 
-        facts = summarize(replace_each(model, names, ctx, self.name, convert))
-        if params.weighted:
-            facts["calibration_windows"] = len(ctx.calibration_batches())
-        return facts
+        layers = replace_each(model, names, ctx, self.name, convert)
+        return summarize(layers, len(ctx.calibration_batches()) if params.weighted else None)
 
 
 @hookimpl

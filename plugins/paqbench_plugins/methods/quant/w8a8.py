@@ -12,6 +12,7 @@ from paqbench.blockwise.steps import replace_targets
 from paqbench.quant.params import TargetParams
 from paqbench.quant.summary import summarize
 from paqbench.quant.w8a8 import Int8DynamicLinear
+from paqbench.text import prose
 
 
 class W8A8Params(TargetParams):
@@ -21,13 +22,13 @@ class W8A8Params(TargetParams):
 class W8A8(Method):
     name = "w8a8"
     family = "quantize"
-    description = (
-        "Int8 dynamic quantization (W8A8): each targeted Linear becomes an Int8DynamicLinear holding int8 weights "
-        "with one symmetric scale per output channel; at run time every token's activations are quantized to "
-        "symmetric int8 and multiplied in int8 with int32 accumulation (torch._int_mm on CUDA, oneDNN int8 on CPUs "
-        "where it is exact; otherwise an exact float emulation of the same integers: `kernel` in the facts says "
-        "which). Pruned weights stay exactly zero. No calibration; cost: one pass over the weights."
-    )
+    description = prose("""
+        Int8 dynamic quantization (W8A8): each targeted Linear becomes an Int8DynamicLinear holding int8 weights with
+        one symmetric scale per output channel; at run time every token's activations are quantized to symmetric int8
+        and multiplied in int8 with int32 accumulation (torch._int_mm on CUDA, oneDNN int8 on CPUs where it is exact;
+        otherwise an exact float emulation of the same integers: `kernel` in the facts says which). Pruned weights stay
+        exactly zero. No calibration; cost: one pass over the weights.
+    """)
     Params = W8A8Params
     accepts = frozenset({"dense", "pruned"})
     supports_offload = True  # weights reached through paqbench.blockwise.driver
