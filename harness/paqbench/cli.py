@@ -8,15 +8,15 @@ from pathlib import Path
 
 import click
 
+from paqbench.fsio import OutputError, check_output_dir, output_dir_problem, safe_dir_name
+from paqbench.plugin_manager import PluginLoadError, get_plugin_manager
+from paqbench.registry import DuplicateNameError, Registry
 from paqbench.version import __version__
 
 EXIT_USAGE = 2
 
 
 def _registry():
-    from paqbench.plugin_manager import PluginLoadError, get_plugin_manager
-    from paqbench.registry import DuplicateNameError, Registry
-
     try:
         pm = get_plugin_manager()
         return pm, Registry.from_plugin_manager(pm)
@@ -30,8 +30,8 @@ def _fail(message: str) -> None:
 
 
 def _plan(suite_path: str, **overrides):
-    from paqbench.planner import Overrides, build_plan
-    from paqbench.suite import SuiteError, load_suite
+    from paqbench.planner import Overrides, build_plan  # lazy: CLI startup (--help stays fast)
+    from paqbench.suite import SuiteError, load_suite  # lazy: CLI startup (--help stays fast)
 
     _, registry = _registry()
     try:
@@ -45,7 +45,7 @@ def _plan(suite_path: str, **overrides):
 
 
 def _plan_text(plan) -> str:
-    from tabulate import tabulate
+    from tabulate import tabulate  # lazy: CLI startup (--help stays fast)
 
     rows = []
     for index, run in enumerate(plan.runs, start=1):
@@ -103,9 +103,8 @@ def run(suite, output, model, device, limit, only, resume, dry_run, in_process, 
     if dry_run:
         click.echo(_plan_text(plan))
         return
-    from paqbench.fsio import OutputError, check_output_dir
-    from paqbench.runner.ray_executor import ExecutorError
-    from paqbench.runner.session import OutputDirConflict, run_plan
+    from paqbench.runner.ray_executor import ExecutorError  # lazy: CLI startup (--help stays fast)
+    from paqbench.runner.session import OutputDirConflict, run_plan  # lazy: CLI startup (--help stays fast)
 
     output_dir = _output_dir(output, loaded.suite)
     isolation = "in-process" if in_process else loaded.suite.runner.isolation
@@ -135,8 +134,6 @@ def run(suite, output, model, device, limit, only, resume, dry_run, in_process, 
 
 def _output_dir(output: str | None, suite) -> Path:
     """``--output``, else the suite's ``output``, else ``reports/<name>`` shortened to a safe length."""
-    from paqbench.fsio import safe_dir_name
-
     if output or suite.output:
         return Path(output or suite.output)
     name = safe_dir_name(suite.name)
@@ -146,8 +143,8 @@ def _output_dir(output: str | None, suite) -> Path:
 
 
 def _write_reports(output_dir: Path, reporters: list[str], registry) -> list[Path]:
-    from paqbench.report import build_report
-    from paqbench.runner.store import ResultStore
+    from paqbench.report import build_report  # lazy: CLI startup (--help stays fast)
+    from paqbench.runner.store import ResultStore  # lazy: CLI startup (--help stays fast)
 
     store = ResultStore(output_dir)
     for number in store.corrupt_lines():
@@ -165,15 +162,16 @@ def _write_reports(output_dir: Path, reporters: list[str], registry) -> list[Pat
 @click.option("--quiet", "-q", is_flag=True, help="Print only problems.")
 def validate(suites, model, quiet):
     """Check suite files against the schema and the installed plugins; print each plan."""
-    from paqbench.fsio import output_dir_problem
-
     for suite in suites:
         loaded, plan, _ = _plan(suite, model=model)
         problem = output_dir_problem(_output_dir(None, loaded.suite))
         if problem:
             _fail(f"{suite}: {problem}")
         if loaded.suite.runner.executor == "ray":
-            from paqbench.runner.ray_executor import ExecutorError, check_installed
+            from paqbench.runner.ray_executor import (  # lazy: CLI startup (--help stays fast)
+                ExecutorError,
+                check_installed,
+            )
 
             try:
                 check_installed()
@@ -190,7 +188,7 @@ def validate(suites, model, quiet):
 @click.option("--reporter", "reporters", multiple=True, help="Reporter to use (default: the suite's).")
 def report(directory, reporters):
     """Regenerate the reports of DIRECTORY from its results.jsonl."""
-    from paqbench.runner.store import ResultStore
+    from paqbench.runner.store import ResultStore  # lazy: CLI startup (--help stays fast)
 
     _, registry = _registry()
     store = ResultStore(Path(directory))
@@ -232,7 +230,7 @@ def compare(base, new, limits, floors, thresholds_file, baseline_relative, noise
     verdict. Exit code 1 when a metric got worse than its threshold allows (or a run that
     was ok in BASE failed in NEW), 0 otherwise, 2 for invalid input.
     """
-    from paqbench.compare import (
+    from paqbench.compare import (  # lazy: CLI startup (--help stays fast)
         CompareOptions,
         ReportNotFound,
         ThresholdError,
@@ -277,7 +275,7 @@ def compare(base, new, limits, floors, thresholds_file, baseline_relative, noise
 @main.command()
 def plugins():
     """List loaded plugins: distribution, version and what each registers."""
-    from paqbench.listing import plugins_text
+    from paqbench.listing import plugins_text  # lazy: CLI startup (--help stays fast)
 
     pm, registry = _registry()
     click.echo(plugins_text(pm, registry))
@@ -288,7 +286,7 @@ def plugins():
 @click.option("--verbose", "-v", is_flag=True, help="Show descriptions and every parameter with type and default.")
 def list_(kind, verbose):
     """List registered methods, metrics, models, datasets, reporters or layer formats."""
-    from paqbench.listing import list_text
+    from paqbench.listing import list_text  # lazy: CLI startup (--help stays fast)
 
     _, registry = _registry()
     click.echo(list_text(registry, kind, verbose))

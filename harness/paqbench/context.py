@@ -15,6 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tqdm.auto import tqdm
+
+from paqbench.data.calibration import build_calibration
+from paqbench.data.resolve import open_dataset
+
 if TYPE_CHECKING:
     import torch
 
@@ -39,7 +44,6 @@ def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: s
     if not progress_enabled():
         yield from iterable
         return
-    from tqdm.auto import tqdm
 
     yield from tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, file=sys.stderr)
 
@@ -77,8 +81,6 @@ class RunContext:
         """Token windows for calibration, as the papers draw them: ``n_samples`` random
         windows of ``seqlen`` tokens, seeded. Built on first use, then cached."""
         if self._calibration is None:
-            from paqbench.data.calibration import build_calibration
-
             self._calibration = build_calibration(self.calibration_config, self)
         return self._calibration
 
@@ -98,6 +100,4 @@ class RunContext:
 
     def dataset(self, name: str, split: str):
         """Load a registered dataset's split (see ``paqbench list datasets``)."""
-        from paqbench.data.resolve import open_dataset
-
         return open_dataset(self.registry, name).load(split, self)

@@ -8,6 +8,7 @@ that ``paqbench list methods --verbose`` can show every parameter with its defau
 
 from __future__ import annotations
 
+import hashlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -149,8 +150,6 @@ class TextCorpus:
 
     @property
     def fingerprint(self) -> str:
-        import hashlib
-
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:16]
 
 

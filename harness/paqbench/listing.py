@@ -8,6 +8,7 @@ from typing import Any
 from pydantic.fields import FieldInfo
 from tabulate import tabulate
 
+from paqbench.plugin_manager import plugin_distribution
 from paqbench.registry import Registry
 
 
@@ -84,8 +85,6 @@ def list_text(registry: Registry, kind: str, verbose: bool) -> str:
 
 
 def plugins_text(pm: Any, registry: Registry) -> str:
-    from paqbench.plugin_manager import plugin_distribution
-
     provided = registry.by_plugin()
     rows = []
     for name, _plugin in pm.list_name_plugin():

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 from functools import lru_cache
 from importlib.metadata import entry_points
 
 import pluggy
 
+import paqbench_plugins
 from paqbench import hookspecs
 from paqbench.version import __version__
 
@@ -32,14 +34,10 @@ def _builtin_plugin_modules() -> tuple[str, ...]:
     reporter is adding one file; each module registers itself through the same hooks a
     third-party plugin uses.
     """
-    import pkgutil
-
-    import paqbench_plugins as package
-
     return tuple(
         sorted(
             info.name
-            for info in pkgutil.walk_packages(package.__path__, prefix=package.__name__ + ".")
+            for info in pkgutil.walk_packages(paqbench_plugins.__path__, prefix=paqbench_plugins.__name__ + ".")
             if not info.ispkg
         )
     )

@@ -15,6 +15,7 @@ import pluggy
 
 from paqbench.interfaces import Dataset, Method, Metric, ModelSource, Reporter
 from paqbench.layers.contract import CompressedLayer
+from paqbench.plugin_manager import get_plugin_manager
 
 #: registry kind -> (hook name, base class)
 KINDS: dict[str, tuple[str, type]] = {
@@ -127,8 +128,6 @@ class Registry:
 
 def get_registry() -> Registry:
     """The registry of the process-wide plugin manager."""
-    from paqbench.plugin_manager import get_plugin_manager
-
     return Registry.from_plugin_manager(get_plugin_manager())
 
 

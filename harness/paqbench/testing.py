@@ -28,6 +28,7 @@ from paqbench.context import RunContext
 from paqbench.layers.contract_check import FormatContractError, check_layer_format
 from paqbench.layers.pipeline_check import CompositionError, check_invariants, run_checked_step
 from paqbench.models.embedded import byte_tokenizer, tiny_random_llama
+from paqbench.registry import get_registry
 from paqbench.suite.schema import CalibrationConfig, ModelConfig
 
 
@@ -45,8 +46,6 @@ def make_run_context(
 ) -> RunContext:
     """A run context for calling ``Method.apply`` / ``Metric.measure`` directly.
     ``teacher`` loads the "original" model that ``ctx.teacher()`` returns (distillation)."""
-    from paqbench.registry import get_registry
-
     return RunContext(
         run_name=run_name,
         tokenizer=tokenizer,

@@ -11,6 +11,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from paqbench import DataOrigin, Dataset, TextCorpus, hookimpl
+from paqbench.data.check import text_file_problem
 from paqbench.data.sources import (
     DataUnavailable,
     hub_column,
@@ -155,7 +156,6 @@ class TextFile(Dataset):
     def load(self, split, ctx):
         if self.path is None:
             raise DataUnavailable("text-file needs a path: write the file's path as the dataset name")
-        from paqbench.data.check import text_file_problem
 
         problem = text_file_problem(self.path)
         if problem:

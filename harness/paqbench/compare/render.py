@@ -9,6 +9,7 @@ from typing import Any
 from tabulate import tabulate
 
 from paqbench.compare.core import Comparison, MetricDelta, RunPair
+from paqbench.report import build_report
 from paqbench.report.formatting import format_value
 
 
@@ -22,8 +23,6 @@ def load_report(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         if (path / "results.jsonl").is_file():
-            from paqbench.report import build_report
-
             return json.loads(json.dumps(build_report(path).to_dict(), default=str))
         if (path / "report.json").is_file():
             path = path / "report.json"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from paqbench.data.resolve import check_dataset_name, looks_like_path
 from paqbench.registry import Registry
 
 #: Tokens a tokenizer may add that are not in the text (BOS, a SentencePiece prefix space).
@@ -40,8 +41,6 @@ def text_file_problem(path: Path, seqlen: int | None = None) -> str | None:
 
 def dataset_problems(registry: Registry, name: str, split: str | None, seqlen: int | None) -> list[tuple[str, str]]:
     """``(field, message)`` for each problem with dataset ``name`` at ``split`` and ``seqlen``."""
-    from paqbench.data.resolve import check_dataset_name, looks_like_path
-
     message = check_dataset_name(registry, name)
     if message:
         return [("dataset", message)]

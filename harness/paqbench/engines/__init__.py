@@ -14,6 +14,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from paqbench.engines.llamacpp import LlamaCppEngine
 from paqbench.engines.types import (  # noqa: F401  (the package's public names)
     EXPORT_OF,
     INSTALL,
@@ -22,6 +23,7 @@ from paqbench.engines.types import (  # noqa: F401  (the package's public names)
     EngineTiming,
     EngineUnavailable,
 )
+from paqbench.engines.vllm import VllmEngine
 
 #: The package each engine backend imports.
 _MODULE = {"llama.cpp": "llama_cpp", "vllm": "vllm"}
@@ -68,12 +70,8 @@ def open_engine(backend: str, ctx: Any, n_ctx: int, threads: int | None, **optio
     require_package(backend)
     path = artifact(ctx, backend)
     if backend == "llama.cpp":
-        from paqbench.engines.llamacpp import LlamaCppEngine
-
         return LlamaCppEngine(path, n_ctx, threads or default_threads())
     if backend == "vllm":
-        from paqbench.engines.vllm import VllmEngine
-
         return VllmEngine(path, n_ctx, **options)
     raise ValueError(f"unknown engine backend {backend!r}")
 

@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 
 from paqbench.engines.types import EngineTiming, EngineUnavailable
+from paqbench.export.timing import GreedySession
 
 
 class LlamaCppEngine:
@@ -29,8 +30,6 @@ class LlamaCppEngine:
     backend = "llama.cpp"
 
     def __init__(self, path: Path, n_ctx: int, threads: int) -> None:
-        from paqbench.export.timing import GreedySession
-
         self.path = path
         self.session = GreedySession(path, n_ctx=n_ctx, n_threads=threads)
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from paqbench.export.capability import FALLBACKS
 from paqbench.layers.contract import CompressedLayer
+from paqbench.layers.structured import InputSelect, OutputScatter
 
 
 def is_unit(module: nn.Module) -> bool:
@@ -45,8 +46,6 @@ def dense_weight(module: nn.Module) -> torch.Tensor:
 @torch.no_grad()
 def dense_bias(module: nn.Module) -> torch.Tensor | None:
     """The float32 bias a unit adds, full width, or None."""
-    from paqbench.layers.structured import InputSelect, OutputScatter
-
     if isinstance(module, InputSelect):
         return dense_bias(module.layer)
     if isinstance(module, OutputScatter):

@@ -17,6 +17,7 @@ from torch import nn
 from paqbench.export.run import METRIC, ExportOutcome, export_model
 from paqbench.interfaces import Measurement
 from paqbench.measure.perplexity import windows
+from paqbench.models.embedded import smollm2_gguf_path
 
 #: The embedded model sources whose weights came from a GGUF file (tokenizer copied from it).
 _GGUF_SOURCES = ("smollm2-135m", "gguf")
@@ -30,8 +31,6 @@ def run_folder(output_root: Path, run_name: str) -> Path:
 def source_gguf(model_source: str, model_config: Any) -> Path | None:
     """The GGUF file the model was read from, when it was, for its tokenizer and metadata."""
     if model_source == "smollm2-135m":
-        from paqbench.models.embedded import smollm2_gguf_path
-
         return smollm2_gguf_path()
     if model_source == "gguf":
         path = Path(model_config.source).expanduser()

@@ -20,6 +20,7 @@ from torch import nn
 
 from paqbench.export.capability import TARGETS
 from paqbench.export.record import ExportRecord, unavailable_record
+from paqbench.export.roundtrip import llamacpp, transformers_engine
 from paqbench.export.roundtrip.compare import Agreement, Tolerance, compare, model_logits
 from paqbench.interfaces import Measurement
 
@@ -101,8 +102,8 @@ def _export_one(
 
 
 def _write_gguf(model: nn.Module, tokenizer: Any, folder: Path, source_gguf: Path | None) -> ExportRecord:
-    from paqbench.export.gguf_file.metadata import UnsupportedModel
-    from paqbench.export.gguf_file.writer import export_gguf
+    from paqbench.export.gguf_file.metadata import UnsupportedModel  # lazy: imports gguf
+    from paqbench.export.gguf_file.writer import export_gguf  # lazy: imports gguf
 
     try:
         return export_gguf(model, tokenizer, folder / "model.gguf", source_gguf)
@@ -112,7 +113,7 @@ def _write_gguf(model: nn.Module, tokenizer: Any, folder: Path, source_gguf: Pat
 
 def _write_compressed(model: nn.Module, tokenizer: Any, folder: Path, source_gguf: Path | None) -> ExportRecord:
     try:
-        from paqbench.export.compressed.writer import UnsupportedCheckpoint, export_compressed
+        from paqbench.export.compressed.writer import UnsupportedCheckpoint, export_compressed  # lazy: optional
     except ImportError as exc:
         raise TargetUnavailable(f"compressed-tensors is not installed ({exc}); install it with: {CT_INSTALL}") from exc
     try:
@@ -129,13 +130,10 @@ WRITERS: dict[str, Callable[[nn.Module, Any, Path, Path | None], ExportRecord]] 
 
 def _engine_logits(record: ExportRecord, ids: torch.Tensor) -> torch.Tensor:
     if record.target == "gguf":
-        from paqbench.export.roundtrip import llamacpp
-
         try:
             return llamacpp.logits(Path(record.path), ids)
         except llamacpp.EngineMissing as exc:
             raise TargetUnavailable(str(exc)) from exc
-    from paqbench.export.roundtrip import transformers_engine
 
     return transformers_engine.logits(Path(record.path), ids)
 

@@ -28,6 +28,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from paqbench.export.capability import TARGETS, capability_of
+from paqbench.export.gguf_file import blocks
+from paqbench.export.grid import grid_of
+from paqbench.export.layers import dense_weight
 from paqbench.layers.contract import (
     CAPABILITIES,
     EXACT_GRID,
@@ -39,6 +43,7 @@ from paqbench.layers.contract import (
 )
 from paqbench.layers.kinds import UnsupportedLayerError
 from paqbench.layers.sparsity import get_mask
+from paqbench.quant.linear import load_quantized
 from paqbench.registry import registered_formats
 
 Factory = Callable[[], CompressedLayer]
@@ -160,7 +165,6 @@ def _check_save_load(layer: CompressedLayer, x: torch.Tensor, rtol: float) -> No
     from safetensors.torch import load as load_bytes
     from safetensors.torch import save as save_bytes
 
-    from paqbench.quant.linear import load_quantized
 
     if not layer.stored_tensors() and not layer.container:
         return  # holds no tensors (a tied head): nothing of its own to save
@@ -180,9 +184,6 @@ def _check_save_load(layer: CompressedLayer, x: torch.Tensor, rtol: float) -> No
 
 
 def _check_export(layer: CompressedLayer) -> None:
-    from paqbench.export.capability import TARGETS, capability_of
-    from paqbench.export.layers import dense_weight
-
     for target in TARGETS:
         cell = capability_of(layer, target)
         if cell.level not in ("exact", "converted", "unavailable"):
@@ -201,10 +202,8 @@ def _check_export(layer: CompressedLayer) -> None:
 
 def _exported_values(layer: CompressedLayer, target: str, how: str) -> torch.Tensor:
     """The weight decoded from what the exporter writes for an ``exact`` layer."""
-    from paqbench.export.grid import grid_of
-
     if target == "compressed-tensors" and how.startswith("float-quantized"):
-        from paqbench.export.compressed.float8 import fp8_scheme, fp8_tensors
+        from paqbench.export.compressed.float8 import fp8_scheme, fp8_tensors  # lazy: imports compressed_tensors
 
         scheme = fp8_scheme(layer)
         if scheme is None:
@@ -215,7 +214,6 @@ def _exported_values(layer: CompressedLayer, target: str, how: str) -> torch.Ten
     if target == "gguf":
         import gguf
 
-        from paqbench.export.gguf_file import blocks
 
         kind = next((k for k in ("Q4_0", "Q8_0") if k in how), None)
         encode = {"Q4_0": blocks.q4_0, "Q8_0": blocks.q8_0}.get(kind or "")
@@ -224,7 +222,7 @@ def _exported_values(layer: CompressedLayer, target: str, how: str) -> torch.Ten
         raw = encode(grid)
         values = gguf.quants.dequantize(raw, getattr(gguf.GGMLQuantizationType, kind))
         return torch.from_numpy(values.reshape(grid.codes.shape).copy())
-    from paqbench.export.compressed.packed import packed_tensors, scheme_for
+    from paqbench.export.compressed.packed import packed_tensors, scheme_for  # lazy: imports compressed_tensors
 
     scheme = scheme_for(grid)
     if scheme is None:

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 
 from torch import nn
 
+from paqbench.layers.sparsity import get_mask
+
 #: A module class that implements the contract itself sets this class attribute to
 #: its kind (e.g. the quantized linear layer sets ``"quantized"``).
 KIND_ATTRIBUTE = "paqbench_layer_kind"
@@ -23,8 +25,6 @@ def layer_kind(module: nn.Module) -> str:
     if declared:
         return str(declared)
     if isinstance(module, nn.Linear):
-        from paqbench.layers.sparsity import get_mask
-
         return "pruned" if get_mask(module) is not None else "dense"
     return "other"
 

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
+from paqbench.export.capability import check_target, converted
 from paqbench.layers.contract import CompressedLayer, as_layer, dequantized_weight
 
 if TYPE_CHECKING:
@@ -162,8 +163,6 @@ class _ChannelSelection(CompressedLayer):
     def export_capability(self, target: str) -> Capability:
         """Engines have no gather/scatter layer: written as the full-width dense layer
         (removed channels are zero), whatever format the inner layer has."""
-        from paqbench.export.capability import check_target, converted
-
         check_target(target)
         return converted("F16" if target == "gguf" else "float16 tensor",
                          "expanded to the full-width weight (removed channels zero)")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from paqbench.context import progress_enabled
 from paqbench.models.transformers_loader import forget_gguf_quantizer, quiet_transformers
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,6 @@ def float_copy_of(gguf_path: Path) -> Path | None:
 @contextlib.contextmanager
 def _tqdm_silenced() -> Iterator[None]:
     """tqdm (>= 4.66) reads its defaults from TQDM_* variables; off unless paqbench's bars are on."""
-    from paqbench.context import progress_enabled
-
     if progress_enabled() or "TQDM_DISABLE" in os.environ:
         yield
         return

@@ -6,14 +6,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from packaging.version import Version
 
+from paqbench.blockwise.offload import attach_offload, empty_model
+from paqbench.context import progress_enabled
 from paqbench.suite.schema import ModelConfig
 
 
 def _dtype_kwarg() -> str:
     """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56."""
     import transformers
-    from packaging.version import Version
 
     return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
@@ -67,7 +69,6 @@ def load_offloaded(
     :mod:`paqbench.blockwise.offload`), and its tokenizer. Changed weights go to ``folder``."""
     from transformers import AutoTokenizer
 
-    from paqbench.blockwise.offload import attach_offload, empty_model
 
     quiet_transformers()
     directory = Path(source).expanduser()
@@ -93,7 +94,6 @@ def quiet_transformers() -> None:
     paqbench's progress setting; silence them when paqbench's bars are off, so logs stay readable."""
     from transformers.utils import logging as hf_logging
 
-    from paqbench.context import progress_enabled
 
     if not progress_enabled():
         hf_logging.disable_progress_bar()

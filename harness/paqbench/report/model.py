@@ -9,7 +9,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from paqbench.planner import SearchSpec
 from paqbench.runner.result import RunResult
+from paqbench.runner.search import bisect
 from paqbench.runner.store import ResultStore
 
 SCHEMA_VERSION = 1
@@ -120,9 +122,6 @@ def _replay_searches(
 ) -> list[dict[str, Any]]:
     """Each threshold search re-derived from the recorded probes (the search is a pure
     function of them); probe runs join ``runs``, an unfinished search joins ``missing``."""
-    from paqbench.planner import SearchSpec
-    from paqbench.runner.search import bisect
-
     out = []
     seen = {r["id"] for r in runs}
     baseline = next((r for r in runs if r.get("pipeline") == "baseline"), None)

@@ -24,6 +24,7 @@ import torch
 from paqbench.blockwise.offload import offload_of
 from paqbench.context import RunContext
 from paqbench.environment import capture_environment
+from paqbench.export.phase import export_phase
 from paqbench.interfaces import Measurement, Unavailable
 from paqbench.measure.memory import PeakMemory
 from paqbench.models.device import resolve_device, resolve_dtype
@@ -210,8 +211,6 @@ def _export(spec: RunSpec, model: Any, ctx: RunContext, result: RunResult, scrat
     """Export after the steps and before the metrics (docs/export.md). Artifacts go under
     the suite's output folder (the parent of its ``.scratch``); an error here is recorded
     on the phase and the metrics still run."""
-    from paqbench.export.phase import export_phase
-
     phase(f"export {', '.join(spec.export)}")
     began = time.perf_counter()
     record = PhaseRecord("export", 0.0, params={"targets": spec.export, "check": spec.export_check})

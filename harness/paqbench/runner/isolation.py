@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from paqbench.planner import RunSpec
+from paqbench.runner.execute import RunTimedOut, execute_run
 from paqbench.runner.result import RunResult
 
 _SIGNAL_HINTS = {
@@ -29,8 +30,6 @@ _SIGNAL_HINTS = {
 
 def _exit_with_parent(parent_pid: int) -> None:
     """A run whose parent died (killed suite) has nobody to report to: stop burning CPU."""
-    import threading
-
     def watch() -> None:
         while True:
             time.sleep(1.0)
@@ -52,8 +51,6 @@ def _child(
         print(f"{label}: {message}", file=sys.stderr, flush=True)
 
     try:
-        from paqbench.runner.execute import execute_run
-
         result = execute_run(RunSpec.from_dict(spec_dict), suite_name, Path(scratch_root),
                              progress=progress if label else None)
         conn.send(result.to_dict())
@@ -154,8 +151,6 @@ def deadline(timeout: float | None) -> Iterator[None]:
     BaseException could swallow it. Where there is no SIGALRM (Windows) or this is not
     the main thread, the limit cannot be enforced and a warning says so.
     """
-    from paqbench.runner.execute import RunTimedOut
-
     if timeout is None:
         yield
         return

@@ -17,6 +17,7 @@ searches and ordinary runs share the cluster.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import platform
@@ -34,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from paqbench.planner import BASELINE, Plan, RunSpec
+from paqbench.runner.execute import execute_run
+from paqbench.runner.isolation import timeout_message
 from paqbench.runner.result import RunResult
 from paqbench.runner.search import SearchOutcome, baseline_entry, bisect
 from paqbench.runner.store import ResultStore
@@ -91,8 +94,6 @@ NOT_INSTALLED = f"runner.executor: ray needs Ray, which is not installed: {INSTA
 
 def check_installed() -> None:
     """For ``paqbench validate``: say that the suite needs Ray, without importing it (seconds)."""
-    import importlib.util
-
     if importlib.util.find_spec("ray") is None:
         raise ExecutorError(NOT_INSTALLED)
 
@@ -186,7 +187,6 @@ def _run_task(spec_dict: dict[str, Any], suite_name: str, scratch_root: str):
         "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
     }
     yield where  # before the heavy imports: they count in the run's timeout, as in the process runner
-    from paqbench.runner.execute import execute_run
 
     result = execute_run(RunSpec.from_dict(spec_dict), suite_name, Path(scratch_root))
     result.environment["executor"] = where
@@ -367,8 +367,6 @@ class _Driver:
         self._finish(flight, RunResult.from_dict(item))
 
     def _expire(self) -> None:
-        from paqbench.runner.isolation import timeout_message
-
         now = time.perf_counter()
         for flight in list(self.board.flights):
             timeout = flight.job.spec.timeout

@@ -16,6 +16,9 @@ from typing import Any
 from paqbench.fsio import OutputError
 from paqbench.planner import Plan, RunSpec
 from paqbench.registry import Registry
+from paqbench.runner.execute import RunTimedOut, execute_run
+from paqbench.runner.isolation import deadline, failed_by_timeout, run_in_subprocess
+from paqbench.runner.ray_executor import connected
 from paqbench.runner.result import RunResult
 from paqbench.runner.search import SearchOutcome, baseline_entry, bisect
 from paqbench.runner.store import ResultStore
@@ -87,8 +90,6 @@ def run_plan(
     """
     args = (plan, output_dir, registry, isolation, resume, force, echo, log_level)
     if runner is not None and runner.executor == "ray" and isolation != "in-process":
-        from paqbench.runner.ray_executor import connected
-
         with connected(runner, log_level) as cluster:
             return _run_plan(*args, cluster=cluster)
     return _run_plan(*args, cluster=None)
@@ -106,8 +107,6 @@ def _run_plan(plan: Plan, output_dir: Path, registry: Registry, isolation: str, 
     def run_one(spec: RunSpec, label: str) -> RunResult:
         echo(f"{label}: running")
         if isolation == "process":
-            from paqbench.runner.isolation import run_in_subprocess
-
             result = run_in_subprocess(spec, plan.suite_name, scratch, spec.timeout, log_level, label)
         else:
             result = _run_in_process(spec, plan.suite_name, scratch, registry,
@@ -158,9 +157,6 @@ def _run_plan(plan: Plan, output_dir: Path, registry: Registry, isolation: str, 
 def _run_in_process(spec: RunSpec, suite_name: str, scratch: Path, registry: Registry,
                     progress: Callable[[str], None]) -> RunResult:
     """One run in this process, stopped by ``isolation.deadline`` when it passes its timeout."""
-    from paqbench.runner.execute import RunTimedOut, execute_run
-    from paqbench.runner.isolation import deadline, failed_by_timeout
-
     started, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
         with deadline(spec.timeout):

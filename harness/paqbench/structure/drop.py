@@ -26,6 +26,7 @@ from torch import nn
 
 from paqbench.layers import decoder_blocks
 from paqbench.quant.sequential import BlockInputs, capture_block_inputs, forward_block
+from paqbench.structure.config import STRUCTURE_KEY
 
 Positions = Literal["all", "last"]
 
@@ -107,7 +108,6 @@ def drop_blocks(model: nn.Module, indices: Sequence[int]) -> list[int]:
     layer_types = getattr(config, "layer_types", None)
     if isinstance(layer_types, (list, tuple)) and len(layer_types) == len(blocks):
         config.layer_types = [layer_types[i] for i in kept]
-    from paqbench.structure.config import STRUCTURE_KEY
 
     structure = getattr(config, STRUCTURE_KEY, None)
     if structure:

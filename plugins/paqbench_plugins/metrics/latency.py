@@ -9,6 +9,7 @@ module turns its timings into measurements and adds the engine backends.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -94,7 +95,6 @@ def _torch_reference(model: torch.nn.Module, dtype: str) -> torch.nn.Module:
     """The model itself, or a copy cast to ``dtype`` (codes and scales kept, as ``cast`` does)."""
     if dtype == "model":
         return model
-    import copy
 
     reference = copy.deepcopy(model).to(dtype=getattr(torch, dtype))
     config = getattr(reference, "config", None)

@@ -19,6 +19,9 @@ from pydantic import Field
 
 from paqbench import Measurement, Metric, Params, RunContext, engines, hookimpl
 from paqbench.engines import Backend, EngineUnavailable, artifact, default_threads, open_engine
+from paqbench.engines.llamacpp import measure_memory
+from paqbench.engines.vllm import require_cuda
+from paqbench.export.timing import gguf_types
 from paqbench.measure import nvml
 from paqbench.measure.memory import PeakMemory
 from paqbench.measure.timing import Clock, eval_mode, prepare_generation, timed_generate
@@ -207,9 +210,6 @@ class Memory(Metric):
         yield from measured
 
     def _llama_cpp(self, path, ids: list[int], params: MemoryParams):
-        from paqbench.engines.llamacpp import measure_memory
-        from paqbench.export.timing import gguf_types
-
         if params.batch_size != 1:
             raise EngineUnavailable("the llama.cpp backend generates one row (batch_size 1)")
         threads = params.threads or default_threads()
@@ -232,8 +232,6 @@ class Memory(Metric):
     def _vllm(self, ids: list[int], params: MemoryParams, ctx):
         """vLLM allocates in its own engine process: process VRAM (NVML, this process tree)
         over loading and one call is what it holds (untested on hardware here)."""
-        from paqbench.engines.vllm import require_cuda
-
         require_cuda()
         vram = PeakSampler(lambda: nvml.process_vram(), params.sample_interval)
         with PeakMemory(None, interval=params.sample_interval) as peak, vram:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from paqbench import Reporter, hookimpl
 from paqbench.fsio import write_text_atomic
+from paqbench.report.html import FILE, render_html
 
 
 class HTMLReporter(Reporter):
@@ -16,8 +17,6 @@ class HTMLReporter(Reporter):
                    "(when the plots reporter ran), generation samples side by side, per-run details, environment.")
 
     def write(self, report, directory: Path) -> list[Path]:
-        from paqbench.report.html import FILE, render_html
-
         return [write_text_atomic(Path(directory) / FILE, render_html(report, directory))]
 
 

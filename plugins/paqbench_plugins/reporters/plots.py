@@ -7,6 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from paqbench import Reporter, hookimpl
+from paqbench.fsio import write_text_atomic
+from paqbench.report.html import FILE, belongs_to, render_html
+from paqbench.report.plots import MANIFEST, write_plots
 
 
 class PlotsReporter(Reporter):
@@ -19,10 +22,6 @@ class PlotsReporter(Reporter):
     )
 
     def write(self, report, directory: Path) -> list[Path]:
-        from paqbench.fsio import write_text_atomic
-        from paqbench.report.html import FILE, belongs_to, render_html
-        from paqbench.report.plots import MANIFEST, write_plots
-
         directory = Path(directory)
         figures = write_plots(report, directory)
         written = [directory / f.file for f in figures] + [directory / MANIFEST]

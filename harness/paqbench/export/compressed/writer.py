@@ -25,6 +25,8 @@ from paqbench.export.compressed.packed import Scheme, packed_tensors, scheme_for
 from paqbench.export.grid import grid_of
 from paqbench.export.layers import dense_bias, dense_weight, export_units
 from paqbench.export.record import ExportRecord, LayerRecord
+from paqbench.quant.embedding import TiedQuantizedHead
+from paqbench.quant.linear import QuantizedLinear
 
 TARGET = "compressed-tensors"
 WEIGHTS_FILE = "model.safetensors"
@@ -59,8 +61,6 @@ def _write_units(
     model: nn.Module, tensors: dict[str, torch.Tensor], schemes: dict[Scheme | FP8Scheme, list[str]],
     record: ExportRecord,
 ) -> tuple[bool, set[str]]:
-    from paqbench.quant.embedding import TiedQuantizedHead
-
     embed = model.get_input_embeddings()
     tied = False
     done: set[str] = set()
@@ -99,8 +99,6 @@ def _write_units(
 
 
 def _packable(module: nn.Module, level: str) -> Scheme | None:
-    from paqbench.quant.linear import QuantizedLinear
-
     if level != "exact" or not isinstance(module, QuantizedLinear):
         return None
     return scheme_for(grid_of(module))

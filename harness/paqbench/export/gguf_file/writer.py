@@ -30,6 +30,7 @@ from paqbench.export.gguf_file.names import heads_for, qk_row_order, tensor_name
 from paqbench.export.grid import gguf_type, grid_of
 from paqbench.export.layers import dense_bias, dense_weight, export_units
 from paqbench.export.record import ExportRecord, LayerRecord
+from paqbench.quant.embedding import TiedQuantizedHead
 
 TARGET = "gguf"
 _FILE_TYPES = {
@@ -70,8 +71,6 @@ def export_gguf(
 
 def _write_units(model: nn.Module, writer: gguf.GGUFWriter, record: ExportRecord, counts: Counter[str]) -> set[str]:
     """Write every export unit; returns the module names written (their tensors are done)."""
-    from paqbench.quant.embedding import TiedQuantizedHead
-
     config = model.config
     blocks = config.num_hidden_layers
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
