@@ -22,6 +22,7 @@ from paqbench.compare.settings import (
 )
 from paqbench.compare.thresholds import CompareOptions, RecoveryFloor, Threshold
 from paqbench.measure.stats import recovery
+from paqbench.report.records import planned_steps
 from paqbench.report.tables import QUALITY_METRICS
 from paqbench.runner.result import measurement_key
 
@@ -123,20 +124,15 @@ def _jsonable(data: Any) -> Any:
 
 def run_signature(run: dict[str, Any]) -> str:
     """Pipeline and resolved step parameters: what makes two runs the same experiment."""
-    steps = run.get("planned_steps")
-    if steps is None:
-        steps = [{"method": s.get("name"), "params": s.get("params")} for s in run.get("steps") or []]
+    steps = [asdict(step) for step in planned_steps(run)]
     return json.dumps({"pipeline": run.get("pipeline"), "steps": steps}, sort_keys=True, default=str)
 
 
 def _step_params(run: dict[str, Any]) -> dict[str, Any]:
-    steps = run.get("planned_steps")
-    if steps is None:
-        steps = [{"method": s.get("name"), "params": s.get("params")} for s in run.get("steps") or []]
     flat: dict[str, Any] = {}
-    for index, step in enumerate(steps, start=1):
-        for key, value in (step.get("params") or {}).items():
-            flat[f"step {index} {step.get('method')}.{key}"] = value
+    for index, step in enumerate(planned_steps(run), start=1):
+        for key, value in (step.params or {}).items():
+            flat[f"step {index} {step.method}.{key}"] = value
     return flat
 
 

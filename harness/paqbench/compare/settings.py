@@ -17,6 +17,9 @@ from collections.abc import Callable
 from functools import cache
 from typing import Any
 
+from paqbench.registry import get_registry
+from paqbench.report.records import phases
+
 LIMIT = "--limit"  # the run's --limit, compared like a parameter of every metric
 
 ParamDefaults = Callable[[str], dict[str, Any]]
@@ -48,8 +51,6 @@ def registered_defaults(metric: str) -> dict[str, Any]:
     """The current defaults of a registered metric's parameters, so that a parameter added
     after a report was recorded compares as its default (``{}`` for an unknown metric)."""
     try:
-        from paqbench.registry import get_registry
-
         fields = get_registry().metric(metric).Params.model_fields
     except Exception:  # an uninstalled third-party metric: compare what was recorded
         return {}
@@ -61,10 +62,10 @@ def metric_settings(run: dict[str, Any], metric: str, defaults: ParamDefaults) -
     """The parameters of each time ``metric`` was measured in ``run`` (a suite may list a
     metric twice), with ``--limit``; None when the run records none (an old report, or a
     run that failed before its metrics)."""
-    records = [r for r in run.get("metrics") or [] if r.get("name") == metric]
+    records = [r for r in phases(run, "metrics") if r.name == metric]
     if not records:
         return None
-    return [{**defaults(metric), **(r.get("params") or {}), LIMIT: run.get("limit")} for r in records]
+    return [{**defaults(metric), **(r.params or {}), LIMIT: run.get("limit")} for r in records]
 
 
 def changes(metric: str, param: str, name: str | None) -> bool:

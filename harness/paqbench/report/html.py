@@ -22,6 +22,7 @@ from typing import Any
 from paqbench.report.formatting import format_bytes, format_value, ran_on_text
 from paqbench.report.header import count_runs, describe, effective_setups
 from paqbench.report.plots import fingerprint, read_manifest
+from paqbench.report.records import load_phase, phases
 from paqbench.report.tables import (
     MEANINGS,
     Cell,
@@ -275,16 +276,15 @@ def _params_text(params: Mapping[str, Any] | None) -> str:
 
 def phases_html(run: Mapping[str, Any]) -> str:
     rows = []
-    if run.get("load"):
-        info = run["load"].get("info") or {}
-        rows.append(["load", _params_text(info), f"{run['load']['wall_s']:.2f} s", _memory(run["load"].get("memory")),
-                     ""])
-    for i, step in enumerate(run.get("steps") or (), start=1):
-        rows.append([f"step {i}: {step['name']}", _params_text(step.get("params")), f"{step['wall_s']:.2f} s",
-                     _memory(step.get("memory")), step.get("error") or ""])
-    for metric in run.get("metrics") or ():
-        rows.append([f"metric: {metric['name']}", _params_text(metric.get("params")), f"{metric['wall_s']:.2f} s",
-                     _memory(metric.get("memory")), metric.get("error") or ""])
+    load = load_phase(run)
+    if load is not None:
+        rows.append(["load", _params_text(load.info or {}), f"{load.wall_s:.2f} s", _memory(load.memory), ""])
+    for i, step in enumerate(phases(run, "steps"), start=1):
+        rows.append([f"step {i}: {step.name}", _params_text(step.params), f"{step.wall_s:.2f} s",
+                     _memory(step.memory), step.error or ""])
+    for metric in phases(run, "metrics"):
+        rows.append([f"metric: {metric.name}", _params_text(metric.params), f"{metric.wall_s:.2f} s",
+                     _memory(metric.memory), metric.error or ""])
     return _plain_table(["phase", "parameters", "wall", "peak memory", "error"], rows) if rows else ""
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from paqbench.fsio import write_text_atomic
+from paqbench.report.records import phases
 
 DIRECTORY = "lm_eval_results"
 RACE_VERSION = 3.0  # lm-eval's race task version whose protocol paqbench's race metric follows
@@ -135,10 +136,10 @@ def results_for(run: Run, environment: Mapping[str, Any] | None = None) -> dict[
         "git_hash": environment.get("git_sha"), "date": _unix(run.get("started_at")),
         "transformers_version": libraries.get("transformers"), "lm_eval_version": libraries.get("lm_eval"),
         "model_source": "paqbench", "model_name": name, "model_name_sanitized": sanitize(name),
-        "total_evaluation_time_seconds": str(sum(p.get("wall_s") or 0 for p in run.get("metrics") or ()
-                                                 if p.get("name") in ("race", "lm_eval"))),
+        "total_evaluation_time_seconds": str(sum(p.wall_s or 0 for p in phases(run, "metrics")
+                                                 if p.name in ("race", "lm_eval"))),
         "paqbench": {"run": run["name"], "id": run.get("id"), "pipeline": run.get("pipeline"),
-                     "steps": [{"name": s.get("name"), "params": s.get("params")} for s in run.get("steps") or ()],
+                     "steps": [{"name": s.name, "params": s.params} for s in phases(run, "steps")],
                      "report": "report.json"},
     })
     return results

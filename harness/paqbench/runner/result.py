@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 Status = Literal["ok", "failed"]
@@ -19,6 +20,15 @@ class PhaseRecord:
     info: dict[str, Any] | None = None
     error: str | None = None
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PhaseRecord:
+        """Read a recorded phase; keys this version does not know are ignored, and a
+        phase written without a wall time (a hand-made report) reads as 0 s."""
+        return cls(**{"wall_s": 0.0, **{k: v for k, v in data.items() if k in _PHASE_FIELDS}})
+
+
+
+_PHASE_FIELDS = frozenset(f.name for f in fields(PhaseRecord))
 
 @dataclass
 class RunResult:
