@@ -334,7 +334,7 @@ class CompressedLayer(nn.Module):
         bias = state_dict.get(f"{name}.bias")
         return {"bias": bias is not None, "dtype": bias.dtype if bias is not None else torch.float32}
 
-    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
         """After loading, the Python-side layout follows the loaded marker."""
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if self.state_marker is not None and self.meta_fields:
