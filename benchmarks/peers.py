@@ -3,8 +3,9 @@ the peers' versions of the same method, on identical weights, calibration and ev
 windows (suites/benchmarks/peers.yaml).
 
 The suite runs ``--passes`` times, each pass into its own folder, every run in its own
-process, each paqbench run next to its peer's. Perplexity is deterministic, so it is read
-from the first pass and checked equal in the others (a difference is printed); the step
+process, each paqbench run next to its peer's; passes after the first repeat only the
+pairs whose peer ran. Perplexity is deterministic, so it is read from the first pass and checked equal
+in the others (a difference is printed); the step
 wall time of each implementation is the median over passes, and its ratio against a peer
 is the median of the per-pass ratios (A B, A B: this machine's speed drifts by 2x within a
 day, a pair run back to back does not). The bar: perplexity no worse than the best peer's
@@ -48,7 +49,7 @@ class Method:
 METHODS = (
     Method("RTN", "rtn", ("llmc-rtn", "torchao-rtn", "auto-round-rtn"), ("rtn-g128",)),
     Method("GPTQ", "gptq", ("llmc-gptq",), ("gptq-g128",)),
-    Method("AWQ", "awq", ("llmc-awq",), ("awq-g128",)),
+    Method("AWQ", "awq", ("llmc-awq",)),
     Method("SparseGPT", "sparsegpt", ("llmc-sparsegpt",)),
     Method("Wanda", "wanda", ("llmc-wanda",)),
 )
@@ -68,13 +69,28 @@ class Row:
     note: str = ""
 
 
+def timed_pairs(methods: tuple[Method, ...], first: dict[str, dict[str, Any]]) -> list[str]:
+    """The pipelines whose time ratios the bar needs: each method's own and those of its
+    peers that ran in the first pass (a peer that failed there has no time to compare)."""
+    names = []
+    for method in methods:
+        peers = [p for p in method.peers if first.get(p, {}).get("status") == "ok"]
+        if peers:
+            names += [method.ours, *peers]
+    return names
+
+
 def run_passes(passes: int, output: Path, only: list[str]) -> list[Path]:
-    """Run the suite ``passes`` times into output/pass-1, pass-2, ...; return the report paths."""
+    """Run the suite ``passes`` times into output/pass-1, pass-2, ...; return the report paths.
+
+    Perplexity is deterministic, so passes after the first repeat only the timed pairs
+    (``only`` narrows every pass)."""
     paqbench = shutil.which("paqbench", path=str(Path(sys.executable).parent)) or "paqbench"
     reports = []
     for index in range(1, passes + 1):
         folder = output / f"pass-{index}"
-        command = [paqbench, "run", str(SUITE), "-o", str(folder)] + [f"--only={name}" for name in only]
+        names = only or ([] if index == 1 else timed_pairs(METHODS, load_runs(reports[0])))
+        command = [paqbench, "run", str(SUITE), "-o", str(folder)] + [f"--only={name}" for name in names]
         print("+", " ".join(command), flush=True)
         subprocess.run(command, check=False, env=os.environ.copy())
         reports.append(folder / "report.json")
