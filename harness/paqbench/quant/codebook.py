@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from paqbench.export.capability import check_target, converted
 from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS, ZERO_WEIGHTS, CompressedLayer
+from paqbench.quant.sequential import record_inputs
 
 if TYPE_CHECKING:
     from paqbench.export.capability import Capability
@@ -44,8 +46,6 @@ class CodebookLinear(CompressedLayer):
 
     def export_capability(self, target: str) -> Capability:
         """No export target has a codebook type: the weight is written dequantized."""
-        from paqbench.export.capability import check_target, converted
-
         check_target(target)
         return converted("F16" if target == "gguf" else "float16 tensor",
                          f"{type(self).__name__} codebooks have no {target} type; written dequantized")
@@ -224,8 +224,6 @@ def input_second_moments(
     (float32 ``[in]``), from one forward of the unmodified model: the diagonal of the
     layer's input Hessian ``X^T X / n``, the per-column importance of a weight's error
     (SqueezeLLM and AWQ weigh by such activation statistics)."""
-    from paqbench.quant.sequential import record_inputs
-
     sums: dict[str, torch.Tensor] = {}
     rows: dict[str, int] = dict.fromkeys(modules, 0)
 
