@@ -37,13 +37,7 @@ LAZY_PACKAGES = frozenset(
 )  # fmt: skip
 
 #: Circles the graph may keep for now, each with why and what removes it.
-ALLOWED_CYCLES: list[frozenset[str]] = [
-    # layers.contract.registered_formats() imports the registry, which imports the
-    # contract's CompressedLayer to check plugins. paqbench.registry.registered_formats()
-    # now exists; the contract's copy goes (and quant.linear imports the registry's) when
-    # the engineer working on layers/contract.py and quant/linear.py lands that change.
-    frozenset({"paqbench.layers", "paqbench.layers.contract", "paqbench.layers.targets", "paqbench.registry"}),
-]
+ALLOWED_CYCLES: list[frozenset[str]] = []
 
 #: Files whose function-level imports are not checked yet: they were being rewritten by
 #: parallel work (quantized formats; methods, pruning, peers) when this rule came in.

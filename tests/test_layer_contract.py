@@ -19,7 +19,6 @@ from paqbench.layers.contract import (
     CompressedLayer,
     LinearAdapter,
     as_layer,
-    registered_formats,
 )
 from paqbench.layers.sparsity import get_mask
 from paqbench.layers.structured import InputSelect, OutputScatter, prune_channels
@@ -31,6 +30,7 @@ from paqbench.quant.nf4 import NF4Linear
 from paqbench.quant.quantizer import QuantConfig
 from paqbench.quant.vq import VQLinear
 from paqbench.quant.w8a8 import Int8DynamicLinear
+from paqbench.registry import registered_formats
 from paqbench.testing import FormatContractError, check_layer_format
 from tests import example_format
 

@@ -25,8 +25,9 @@ method handles every target through one set of calls and asks capabilities, neve
 * :data:`FLOAT_WEIGHT` a float ``weight`` parameter that a method may overwrite or train.
 
 Formats register through the ``paqbench_register_layer_formats`` hook (built-ins in
-``paqbench_plugins.formats``), exactly like methods; :func:`registered_formats` reads
-them for loading.
+``paqbench_plugins.formats``), exactly like methods; ``paqbench.registry.registered_formats``
+reads them for loading (there, not here: the registry checks plugins against this base
+class, so this module must not import the registry).
 """
 
 from __future__ import annotations
@@ -517,11 +518,3 @@ def kernels_in_use(model: nn.Module) -> dict[str, int]:
         if isinstance(module.kernel, str):  # None: no matmul path (a token table's gather)
             counts[module.kernel] = counts.get(module.kernel, 0) + 1
     return dict(sorted(counts.items()))
-
-
-def registered_formats() -> dict[str, type[CompressedLayer]]:
-    """Registered layer formats by name (loads the plugins on first use)."""
-    from paqbench.registry import get_registry
-
-    registry = get_registry()
-    return {name: entry.cls for name, entry in registry.entries["formats"].items()}

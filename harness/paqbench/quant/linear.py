@@ -48,7 +48,6 @@ from paqbench.layers.contract import (
     SLICE_OUTPUTS,
     ZERO_WEIGHTS,
     CompressedLayer,
-    registered_formats,
 )
 from paqbench.layers.sparsity import get_mask, record_mask
 from paqbench.quant import kernels
@@ -62,6 +61,7 @@ from paqbench.quant.quantizer import (
     keep_mask,
     quantize_rtn,
 )
+from paqbench.registry import registered_formats
 
 if TYPE_CHECKING:
     from paqbench.export.capability import Capability
