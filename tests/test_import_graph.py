@@ -39,17 +39,8 @@ LAZY_PACKAGES = frozenset(
 #: Circles the graph may keep for now, each with why and what removes it.
 ALLOWED_CYCLES: list[frozenset[str]] = []
 
-#: Files whose function-level imports are not checked yet: they were being rewritten by
-#: parallel work (quantized formats; methods, pruning, peers) when this rule came in.
-#: Remove a file from here once its imports follow the rule.
-UNCHECKED_FILES = frozenset(
-    {
-        "paqbench/blockwise/offload.py", "paqbench/layers/contract.py", "paqbench/peers/convert.py",
-        "paqbench/prune/masks.py", "paqbench/quant/embedding.py",
-        "paqbench/quant/fp8.py", "paqbench/quant/linear.py", "paqbench/quant/w8a8.py",
-        "paqbench_plugins/methods/quant/llamacpp.py",
-    }
-)  # fmt: skip
+#: Files whose function-level imports are not checked yet (none left: keep it that way).
+UNCHECKED_FILES: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from paqbench.layers import decoder_blocks
+
 #: The attribute on an offloaded model that holds its :class:`DiskOffload`.
 OFFLOAD_ATTR = "paqbench_offload"
 
@@ -186,8 +188,6 @@ def attach_offload(
 ) -> DiskOffload:
     """Load everything outside the decoder blocks onto ``device`` and attach the offload
     that reads the blocks on demand. Tied output embeddings are tied again."""
-    from paqbench.layers import decoder_blocks
-
     offload = DiskOffload(checkpoint_files(directory), folder, device, dtype)
     prefix, _ = decoder_blocks(model)
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, TypedDict
 import torch
 from torch import nn
 
+from paqbench.export.capability import check_target, unavailable
 from paqbench.layers.index import check_feature_index
 from paqbench.layers.kinds import UnsupportedLayerError, layer_kind
 from paqbench.layers.sparsity import get_mask, record_mask, set_mask
@@ -140,8 +141,6 @@ class CompressedLayer(nn.Module):
     def export_capability(self, target: str) -> Capability:
         """How this layer goes into export ``target``; a format that does not say is not
         exported (never guessed)."""
-        from paqbench.export.capability import check_target, unavailable
-
         check_target(target)
         return unavailable(f"{type(self).__name__} declares no export capability")
 

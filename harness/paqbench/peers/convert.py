@@ -30,6 +30,7 @@ from torch import nn
 from paqbench.layers.sparsity import MASK_BUFFER, get_mask
 from paqbench.quant.linear import QuantizedLinear, replace_module
 from paqbench.quant.quantizer import SCALE_DTYPE, QuantConfig, QuantizedWeight
+from paqbench.quant.w8a8 import Int8DynamicLinear
 
 Format = Literal["packed", "int8-dynamic", "dense"]
 
@@ -160,8 +161,6 @@ def install_int8_dynamic(
     bias: torch.Tensor | None, mask: torch.Tensor | None, dtype: torch.dtype,
 ) -> LayerConversion:
     """Replace ``name`` with an Int8DynamicLinear of int8 ``codes`` and per-row ``scale``."""
-    from paqbench.quant.w8a8 import Int8DynamicLinear
-
     out_features, in_features = codes.shape
     layer = Int8DynamicLinear(in_features, out_features, bias=bias is not None, device=codes.device, dtype=dtype)
     layer.weight_int8 = codes.to(torch.int8).contiguous()

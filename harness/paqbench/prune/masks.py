@@ -20,6 +20,7 @@ from torch import nn
 
 from paqbench.layers import get_mask
 from paqbench.layers.contract import ZERO_WEIGHTS, as_layer, dequantized_weight, require
+from paqbench.prune.nm import is_nm_sparse
 
 #: The float weight ``[out, in]`` a layer computes with (dequantized for a format; a view of
 #: the parameter for ``nn.Linear``, do not edit it): the contract's one definition.
@@ -116,8 +117,6 @@ def pruning_facts(modules: Mapping[str, nn.Module], pattern: object | None = Non
         "sparsity": pruned / total if total else 0.0,
     }
     if pattern is not None:
-        from paqbench.prune.nm import is_nm_sparse
-
         facts["pattern"] = str(pattern)
         facts["pattern_valid"] = all(
             is_nm_sparse(current_weight(module), pattern.n, pattern.m) for module in modules.values()

@@ -28,20 +28,19 @@ hook) to put a :class:`TiedQuantizedHead` on the model's output embeddings again
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paqbench.export.capability import Capability
+from paqbench.export.grid import integer_grid_capability
 from paqbench.layers.contract import CompressedLayer
 from paqbench.quant import kernels
 from paqbench.quant.linear import replace_module
 from paqbench.quant.packing import pack, packed_length, unpack
 from paqbench.quant.quantizer import SCALE_DTYPE, QuantConfig, QuantizedWeight, dequantize, quantize_rtn
-
-if TYPE_CHECKING:
-    from paqbench.export.capability import Capability
 
 #: Vocabulary rows the tied head dequantizes at once (SmolLM2: 16384 x 576 float32 = 38 MB).
 DEFAULT_CHUNK_ROWS = 16384
@@ -171,8 +170,6 @@ class QuantizedEmbedding(CompressedLayer):
     def export_capability(self, target: str) -> Capability:
         """How this table goes into export ``target`` (:mod:`paqbench.export`): GGUF holds
         a quantized token table; compressed-tensors gets it dequantized."""
-        from paqbench.export.grid import integer_grid_capability
-
         return integer_grid_capability(self, target, packed_in_ct=False)
 
     # ------------------------------------------------------------------ forward
@@ -341,8 +338,6 @@ class TiedQuantizedHead(CompressedLayer):
 
     def export_capability(self, target: str) -> Capability:
         """Tied: the target stores the table once and the engine reuses it as the head."""
-        from paqbench.export.capability import Capability
-
         table = self.embedding.export_capability(target)
         return Capability(table.level, f"tied to the token table ({table.how})", table.reason)
 

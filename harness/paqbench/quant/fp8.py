@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paqbench.export.capability import check_target, converted, exact
 from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS, ZERO_WEIGHTS, CompressedLayer, LayerOptions
 from paqbench.layers.sparsity import get_mask, record_mask
 from paqbench.quant import kernels
@@ -138,8 +139,6 @@ class FP8Linear(CompressedLayer):
         """compressed-tensors ``float-quantized`` holds the E4M3 bytes and scales as they are,
         with dynamic activations as its own input scheme (what vLLM loads): exact. GGUF has
         no FP8 tensor type: the dequantized weight in F16, activations not rounded."""
-        from paqbench.export.capability import check_target, converted, exact
-
         check_target(target)
         if target == "gguf":
             return converted("F16", "GGUF has no FP8 tensor type: E4M3 weights dequantized, "

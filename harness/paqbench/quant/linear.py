@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paqbench.export.grid import integer_grid_capability
 from paqbench.layers.contract import (
     EXACT_GRID,
     SLICE_INPUTS,
@@ -50,6 +51,7 @@ from paqbench.layers.contract import (
     CompressedLayer,
 )
 from paqbench.layers.sparsity import get_mask, record_mask
+from paqbench.layers.structured import rebuild_structured
 from paqbench.quant import kernels
 from paqbench.quant.grouped import GroupedCodes
 from paqbench.quant.packing import pack, packed_length, unpack
@@ -62,6 +64,7 @@ from paqbench.quant.quantizer import (
     quantize_rtn,
 )
 from paqbench.registry import registered_formats
+from paqbench.structure.config import rebuild_blocks
 
 if TYPE_CHECKING:
     from paqbench.export.capability import Capability
@@ -154,8 +157,6 @@ class QuantizedLinear(GroupedCodes):
     def export_capability(self, target: str) -> Capability:
         """How this layer goes into export ``target`` (:mod:`paqbench.export`): codes copied
         where the target's blocks fit the groups, else written dequantized."""
-        from paqbench.export.grid import integer_grid_capability
-
         return integer_grid_capability(self, target)
 
     # ------------------------------------------------------------------ forward
@@ -295,9 +296,6 @@ def load_quantized(
     Weights missing from ``source`` are an error unless tied to a loaded one (e.g. an LM
     head tied to the embeddings, which ``save_pretrained`` stores once).
     """
-    from paqbench.layers.structured import rebuild_structured
-    from paqbench.structure.config import rebuild_blocks
-
     state_dict = _read_state_dict(source) if not isinstance(source, Mapping) else dict(source)
     rebuild_blocks(model, state_dict)  # blocks shrunk by structured pruning: their sizes first
     rebuild_structured(model, state_dict)  # structured-pruning wrappers first: they hold the layers

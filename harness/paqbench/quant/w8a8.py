@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paqbench.export.capability import check_target, converted
 from paqbench.layers.contract import SLICE_INPUTS, SLICE_OUTPUTS, ZERO_WEIGHTS, CompressedLayer, LayerOptions
 from paqbench.layers.sparsity import get_mask, record_mask
 from paqbench.quant import kernels
@@ -133,8 +134,6 @@ class Int8DynamicLinear(CompressedLayer):
     def export_capability(self, target: str) -> Capability:
         """Written dequantized: the per-token int8 activations are not exported, so the
         engine runs the int8-rounded weights on float activations."""
-        from paqbench.export.capability import check_target, converted
-
         check_target(target)
         return converted("F16" if target == "gguf" else "float16 tensor",
                          "int8 weights dequantized; per-token activation quantization not exported")

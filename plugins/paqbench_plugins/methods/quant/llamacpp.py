@@ -23,7 +23,14 @@ from pydantic import Field
 from torch import nn
 
 from paqbench import Method, Params, RunContext, hookimpl
+from paqbench.export.gguf_file.names import heads_for, qk_row_order, tensor_name
+from paqbench.export.gguf_file.writer import export_gguf
+from paqbench.export.layers import export_units
+from paqbench.export.roundtrip.llamacpp import import_llama_cpp
 from paqbench.layers import check_supported
+from paqbench.quant.embedding import QuantizedEmbedding, tie_quantized_head
+from paqbench.quant.linear import QuantizedLinear, replace_module
+from paqbench.quant.quantizer import QuantConfig, QuantizedWeight
 from paqbench.text import prose
 
 #: Block types whose values paqbench's integer grid holds exactly: bits per code.
@@ -53,9 +60,6 @@ def read_blocks(raw: np.ndarray, kind: str, columns: int) -> tuple[torch.Tensor,
 def imported_weight(tensor: Any, shape: tuple[int, int], heads: int | None) -> Any:
     """A :class:`~paqbench.quant.quantizer.QuantizedWeight` of a GGUF tensor (Q/K rows put
     back in transformers' order)."""
-    from paqbench.export.gguf_file.names import qk_row_order
-    from paqbench.quant.quantizer import QuantConfig, QuantizedWeight
-
     kind = tensor.tensor_type.name
     bits = IMPORTABLE[kind]
     rows, columns = shape
@@ -70,8 +74,6 @@ def imported_weight(tensor: Any, shape: tuple[int, int], heads: int | None) -> A
 
 def quantize_file(source: Path, target: Path, kind: str, threads: int) -> str:
     """llama.cpp's quantizer from ``source`` to ``target``; returns llama-cpp-python's version."""
-    from paqbench.export.roundtrip.llamacpp import import_llama_cpp
-
     llama_cpp = import_llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, _FTYPES[kind])
@@ -97,9 +99,6 @@ class LlamaCppQuantize(Method):
 
     @torch.no_grad()
     def apply(self, model: nn.Module, params: LlamaCppQuantParams, ctx: RunContext) -> dict[str, Any]:
-        from paqbench.export.gguf_file.writer import export_gguf
-        from paqbench.export.layers import export_units
-
         units = dict(export_units(model))
         check_supported({n: m for n, m in units.items() if not isinstance(m, nn.Embedding)}, self.accepts,
                         self.name, ctx.current_step)
@@ -119,10 +118,6 @@ class LlamaCppQuantize(Method):
 def install(model: nn.Module, units: dict[str, nn.Module], reader: gguf.GGUFReader) -> dict[str, int]:
     """Replace every unit llama.cpp stored as Q4_0/Q8_0 with paqbench's packed layer of the
     same codes; returns how many units of each type went in (F16/F32 ones stay float)."""
-    from paqbench.export.gguf_file.names import heads_for, tensor_name
-    from paqbench.quant.embedding import QuantizedEmbedding, tie_quantized_head
-    from paqbench.quant.linear import QuantizedLinear, replace_module
-
     config = model.config
     tensors = {t.name: t for t in reader.tensors}
     embedding = model.get_input_embeddings()
