@@ -131,8 +131,8 @@ class Structured(Method):
         q/k/v rows and o columns), ranked by L1, L2 or first-order Taylor importance summed over each group's weights,
         per block or globally, skipping the first/last blocks. Layers really shrink (smaller nn.Linear, sliced quantized
         codes), so params, storage and latency fall; the config records the new sizes so save/load round-trips
-        (per-block sizes: paqbench.structure.load_structured). Cost: norms only, or for taylor one forward+backward per
-        calibration window plus one float32 gradient per pruned weight in memory. No recovery fine-tuning.
+        (per-block sizes: paqbench.models.saved.load_structured). Cost: norms only, or for taylor one forward+backward
+        per calibration window plus one float32 gradient per pruned weight in memory. No recovery fine-tuning.
     """)
     Params = StructuredParams
     accepts = frozenset({"dense", "pruned", "quantized"})
