@@ -38,16 +38,21 @@ BAR_PPL, BAR_TIME = 1.00, 0.70
 
 @dataclass(frozen=True)
 class Method:
-    """One method of the bar: paqbench's pipeline, the peers' pipelines, and paqbench's extra rows."""
+    """One method of the bar: paqbench's pipeline, the peers' versions of the same method
+    (the bar), paqbench's extra rows, and peers' related methods shown beside them (not
+    the bar: a different algorithm under a similar name)."""
 
     name: str
     ours: str
     peers: tuple[str, ...]
     extra: tuple[str, ...] = ()
+    related: tuple[str, ...] = ()
 
 
 METHODS = (
-    Method("RTN", "rtn", ("llmc-rtn", "torchao-rtn", "auto-round-rtn"), ("rtn-g128",)),
+    # auto-round's iters=0 is its *optimized* RTN (a per-group scale search weighted by an
+    # activation importance matrix from calibration), not plain round-to-nearest.
+    Method("RTN", "rtn", ("llmc-rtn", "torchao-rtn"), ("rtn-g128",), ("auto-round-rtn",)),
     Method("GPTQ", "gptq", ("llmc-gptq",), ("gptq-g128",)),
     Method("AWQ", "awq", ("llmc-awq",)),
     Method("SparseGPT", "sparsegpt", ("llmc-sparsegpt",)),
@@ -74,7 +79,7 @@ def timed_pairs(methods: tuple[Method, ...], first: dict[str, dict[str, Any]]) -
     peers that ran in the first pass (a peer that failed there has no time to compare)."""
     names = []
     for method in methods:
-        peers = [p for p in method.peers if first.get(p, {}).get("status") == "ok"]
+        peers = [p for p in method.peers + method.related if first.get(p, {}).get("status") == "ok"]
         if peers:
             names += [method.ours, *peers]
     return names
@@ -136,7 +141,10 @@ def build_row(method: str, name: str, passes: list[dict[str, dict[str, Any]]]) -
     for step in first.get("steps", []):
         conversion = (step.get("info") or {}).get("conversion")
         if conversion:
-            notes.append(f"conversion: {conversion}")
+            diff = conversion.get("max_abs_weight_diff") or 0.0
+            exact = "exact" if conversion.get("exact") else f"inexact (max |dw| {diff:.2g})"
+            why = " ".join(conversion.get("notes") or [])
+            notes.append(f"conversion {exact}: {conversion.get('formats')} {why}".strip())
     times = [t for t in (step_seconds(r) for r in runs) if t is not None]
     return Row(method, name, first["status"], ppl.get("wikitext2"), ppl.get("c4"),
                statistics.median(times) if times else None, step_peak_rss(first), note="; ".join(notes))
@@ -156,7 +164,7 @@ def time_ratio(ours: str, peer: str, passes: list[dict[str, dict[str, Any]]]) ->
 def method_rows(method: Method, passes: list[dict[str, dict[str, Any]]]) -> list[Row]:
     ours = build_row(method.name, method.ours, passes)
     peers = [build_row(method.name, name, passes) for name in method.peers]
-    extra = [build_row(method.name, name, passes) for name in method.extra]
+    extra = [build_row(method.name, name, passes) for name in (*method.extra, *method.related)]
     scored = [p for p in peers if p.wikitext2 is not None]
     if scored and ours.wikitext2 is not None:
         best = min(scored, key=lambda p: p.wikitext2)
@@ -165,6 +173,9 @@ def method_rows(method: Method, passes: list[dict[str, dict[str, Any]]]) -> list
             if row.wikitext2 is not None:
                 row.ppl_vs_best_peer = row.wikitext2 / best.wikitext2
     ours.time_vs_peer = {p.run: r for p in peers if (r := time_ratio(method.ours, p.run, passes)) is not None}
+    for row in extra:
+        if row.run in method.related:
+            row.note = "; ".join(filter(None, ["related method, not the bar", row.note]))
     return [ours, *peers, *extra]
 
 
