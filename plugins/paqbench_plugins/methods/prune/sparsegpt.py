@@ -38,9 +38,10 @@ class SparseGPTParams(SparsityParams):
     block_size: int = Field(128, gt=0, description="columns per block: the mask is re-selected for each block")
     damp: float = Field(0.01, ge=0.0, description="dampening added to diag(H), as a fraction of its mean (percdamp)")
     true_sequential: bool = Field(
-        True,
+        False,
         description="within a block, collect each group of layers' inputs (q/k/v, o, gate/up, down) through the "
-        "already pruned earlier ones; false: all from the block's inputs",
+        "already pruned earlier ones; false (the reference code's schedule, and better on SmolLM2: "
+        "docs/methods.md): all from the block's inputs",
     )
     bits: Literal[2, 3, 4, 8] | None = Field(
         None, description="also quantize the kept weights to this many bits in the same pass (joint "
