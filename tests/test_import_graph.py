@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.source_imports import from_module, module_name, package_of
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_ROOTS = (ROOT / "harness", ROOT / "plugins")
 PACKAGES = ("paqbench", "paqbench_plugins")
@@ -54,13 +56,6 @@ class Import:
     in_function: bool
 
 
-def module_name(path: Path, source_root: Path) -> str:
-    parts = list(path.relative_to(source_root).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
 def _is_type_checking(node: ast.AST) -> bool:
     """``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``): a block that never runs."""
     if not isinstance(node, ast.If):
@@ -92,19 +87,14 @@ def _scoped_nodes(tree: ast.AST) -> Iterator[tuple[ast.AST, bool]]:
 
 def imports_of(path: Path, source_root: Path) -> list[Import]:
     name = module_name(path, source_root)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    package = package_of(path, source_root)
     found: list[Import] = []
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     for node, in_function in _scoped_nodes(tree):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                module = ".".join(base + ([node.module] if node.module else []))
-            else:
-                module = node.module or ""
+            module = from_module(node, package)
             # `from m import x` may name submodule m.x; resolved against known modules later
             targets = [f"{module}.{alias.name}" for alias in node.names]
         else:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.source_imports import from_module, module_name, package_of
+
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "plugins"
 HARNESS = ROOT / "harness"
@@ -21,28 +23,15 @@ PLUGIN_PACKAGE = "paqbench_plugins"
 LOADER = "paqbench.plugin_manager"
 
 
-def module_name(path: Path, source_root: Path) -> str:
-    parts = list(path.relative_to(source_root).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
 def imported_modules(path: Path, source_root: Path) -> list[tuple[int, str]]:
     """(line, absolute module name) of every import in the file, relative ones resolved."""
-    name = module_name(path, source_root)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    package = package_of(path, source_root)
     found: list[tuple[int, str]] = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
         if isinstance(node, ast.Import):
             found.extend((node.lineno, alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
+            target = from_module(node, package)
             if node.module is None:  # `from . import x`: x is a submodule (or a name in the package)
                 found.extend((node.lineno, f"{target}.{alias.name}") for alias in node.names)
             else:
