@@ -76,10 +76,11 @@ class Row:
 
 def timed_pairs(methods: tuple[Method, ...], first: dict[str, dict[str, Any]]) -> list[str]:
     """The pipelines whose time ratios the bar needs: each method's own and those of its
-    peers that ran in the first pass (a peer that failed there has no time to compare)."""
+    peers that ran in the first pass (a peer that failed there has no time to compare;
+    related methods get no time ratio, so they are not repeated)."""
     names = []
     for method in methods:
-        peers = [p for p in method.peers + method.related if first.get(p, {}).get("status") == "ok"]
+        peers = [p for p in method.peers if first.get(p, {}).get("status") == "ok"]
         if peers:
             names += [method.ours, *peers]
     return names
