@@ -226,3 +226,20 @@ def test_embedded_smollm2_block_by_block_gives_the_in_memory_rtn_codes_and_perpl
     assert all(torch.equal(buffers[k], v) for k, v in expected.items())
     ids = torch.randint(0, 49152, (2, 128), generator=torch.Generator().manual_seed(5))
     assert window_nlls(model, ids) == pytest.approx(window_nlls(reference, ids), rel=1e-6, abs=0)
+
+
+def test_race_loglikelihoods_block_by_block_equal_the_in_memory_ones(saved, tmp_path):
+    from paqbench.measure.race import loglikelihoods
+
+    generator = torch.Generator().manual_seed(4)
+
+    def ids(length: int) -> list[int]:
+        return torch.randint(1, 256, (length,), generator=generator).tolist()
+
+    requests = [(ids(n), ids(k)) for n, k in [(30, 3), (12, 1), (41, 5), (30, 2), (7, 4)]]
+    model = offloaded(saved, tmp_path / "offload")
+    got = loglikelihoods(model, requests, batch_size=2, window=40)  # one request left-truncated
+    want = loglikelihoods(in_memory(), requests, batch_size=2, window=40)
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-5)
+    assert all(math.isfinite(value) for value in got)
+    assert block_params_on_meta(model)

@@ -44,6 +44,9 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from paqbench.blockwise.forward import blockwise_logits
+from paqbench.blockwise.offload import offload_of
+
 Subset = Literal["high", "middle"]
 Source = Literal["auto", "hub", "local", "embedded"]
 
@@ -367,36 +370,70 @@ def loglikelihoods(
     right-padded with id 0 and run without an attention mask (causal attention keeps
     padding invisible to the real tokens), and log-softmax runs in the logits' dtype.
     Only the continuation's positions go through log-softmax, which is row-wise, so the
-    numbers are the same while memory stays small.
+    numbers are the same while memory stays small. A model whose weights are left on disk
+    runs block by block over all batches (:mod:`paqbench.blockwise.forward`; same numbers).
     """
-    device = next(model.parameters()).device
+
     def longest_first(i: int) -> tuple[int, tuple[int, ...]]:
         ids = requests[i][0] + requests[i][1]
         return -len(ids), tuple(ids)
 
     order = sorted(range(len(requests)), key=longest_first)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [_padded_batch(requests, group, window) for group in groups]
+    pending = iter(batches)
+
+    def score(logits: torch.Tensor, _ids: torch.Tensor) -> list[float]:
+        batch = next(pending)  # both paths score the batches in order
+        return _continuation_logprobs(logits, batch.ends, batch.continuations)
+
+    if offload_of(model) is not None:
+        chunks = {} if wrap is None else {"wrap": wrap}
+        ordered = blockwise_logits(model, [batch.ids for batch in batches], score, **chunks)
+    else:
+        device = next(model.parameters()).device
+        ordered = []
+        iterator = wrap(batches, len(batches)) if wrap is not None else iter(batches)
+        for batch in iterator:
+            ids = batch.ids.to(device)
+            ordered.extend(score(model(ids).logits, ids))
     results: list[float] = [math.nan] * len(requests)
-    iterator = wrap(batches, len(batches)) if wrap is not None else iter(batches)
-    for batch in iterator:
-        inputs = []
-        for index in batch:
-            context, continuation = requests[index]
-            if not context or not continuation:
-                raise ValueError("empty context or continuation")
-            inputs.append((context + continuation)[-(window + 1):][:-1])
-        width = max(len(ids) for ids in inputs)
-        padded = torch.zeros((len(inputs), width), dtype=torch.long)
-        for row, ids in enumerate(inputs):
-            padded[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        logits = model(padded.to(device)).logits
-        for row, index in enumerate(batch):
-            continuation = requests[index][1]
-            end = len(inputs[row])
-            selected = F.log_softmax(logits[row, end - len(continuation): end], dim=-1)
-            targets = torch.tensor(continuation, dtype=torch.long, device=selected.device)
-            results[index] = float(torch.gather(selected, 1, targets.unsqueeze(-1)).sum())
+    for index, value in zip(order, ordered, strict=True):
+        results[index] = value
     return results
+
+
+@dataclass
+class _Batch:
+    """Right-padded token ids of one batch, where each row's real tokens end, and the
+    continuation each row scores."""
+
+    ids: torch.Tensor
+    ends: list[int]
+    continuations: list[list[int]]
+
+
+def _padded_batch(requests: Sequence[tuple[list[int], list[int]]], group: Sequence[int], window: int) -> _Batch:
+    inputs = []
+    for index in group:
+        context, continuation = requests[index]
+        if not context or not continuation:
+            raise ValueError("empty context or continuation")
+        inputs.append((context + continuation)[-(window + 1):][:-1])
+    padded = torch.zeros((len(inputs), max(len(ids) for ids in inputs)), dtype=torch.long)
+    for row, ids in enumerate(inputs):
+        padded[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return _Batch(padded, [len(ids) for ids in inputs], [requests[index][1] for index in group])
+
+
+def _continuation_logprobs(logits: torch.Tensor, ends: list[int], continuations: list[list[int]]) -> list[float]:
+    """Each row's summed log-probability of its continuation, which ends at ``ends[row]``."""
+    out = []
+    for row, (end, continuation) in enumerate(zip(ends, continuations, strict=True)):
+        selected = F.log_softmax(logits[row, end - len(continuation): end], dim=-1)
+        targets = torch.tensor(continuation, dtype=torch.long, device=selected.device)
+        out.append(float(torch.gather(selected, 1, targets.unsqueeze(-1)).sum()))
+    return out
 
 
 @dataclass

@@ -70,6 +70,7 @@ class Race(Metric):
         "(RACE-H test: 1,045 articles, about 4,200 sequences of ~400-700 tokens)."
     )
     Params = RaceParams
+    supports_offload = True  # loglikelihoods runs block by block on weights left on disk
 
     @classmethod
     def data_origins(cls, params: RaceParams) -> list[tuple[str, DataOrigin]]:
