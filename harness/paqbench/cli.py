@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from paqbench.fsio import OutputError, check_output_dir, output_dir_problem, safe_dir_name
+from paqbench.logs import configure_logging
 from paqbench.plugin_manager import PluginLoadError, get_plugin_manager
 from paqbench.registry import DuplicateNameError, Registry
 from paqbench.version import __version__
@@ -95,7 +96,7 @@ def main() -> None:
 def run(suite, output, model, device, limit, only, resume, dry_run, in_process, timeout, verbose):
     """Run SUITE: every pipeline, every metric, then write the reports."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging(level)
     loaded, plan, registry = _plan(suite, model=model, device=device, limit=limit, only=tuple(only))
     if timeout:
         for spec in plan.runs:

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from paqbench.logs import configure_logging
 from paqbench.planner import RunSpec
 from paqbench.runner.execute import RunTimedOut, execute_run
 from paqbench.runner.result import RunResult
@@ -45,7 +46,7 @@ def _child(
 ) -> None:
     _exit_with_parent(parent_pid)
 
-    logging.basicConfig(level=log_level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    configure_logging(log_level)
 
     def progress(message: str) -> None:
         print(f"{label}: {message}", file=sys.stderr, flush=True)

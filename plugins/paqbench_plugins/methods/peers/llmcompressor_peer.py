@@ -42,6 +42,7 @@ from paqbench.peers.convert import (
     layer_facts,
 )
 from paqbench.peers.params import RequireExact
+from paqbench.peers.quiet import peer_logging
 from paqbench.text import prose
 
 PEER = Peer(module="llmcompressor", distribution="llmcompressor", extra="llmcompressor",
@@ -152,9 +153,10 @@ def run_oneshot(model: nn.Module, recipe: str, batches: list[torch.Tensor], ctx,
     model.config._name_or_path = str(folder)
     kwargs: dict[str, Any] = {"pipeline": pipeline} if pipeline else {}
     try:
-        oneshot(model=model, dataset=dataset, recipe=recipe, num_calibration_samples=len(rows),
-                max_seq_length=max(len(row) for row in rows), processor=ctx.tokenizer,
-                shuffle_calibration_samples=False, **kwargs)
+        with peer_logging():  # its loguru INFO flood, unless -v
+            oneshot(model=model, dataset=dataset, recipe=recipe, num_calibration_samples=len(rows),
+                    max_seq_length=max(len(row) for row in rows), processor=ctx.tokenizer,
+                    shuffle_calibration_samples=False, **kwargs)
     except Exception as exc:  # an invalid recipe, an unsupported layer: one line in the run's record
         message = " ".join(str(exc).split())
         raise RuntimeError(f"llm-compressor failed: {type(exc).__name__}: {message[:600]}") from exc
