@@ -14,6 +14,12 @@ On a model whose weights are left on disk (``model.offload: disk``,
 handled and offload it after: peak memory is the resident part of the model (embeddings,
 head, compressed layers so far) plus one float block and one block's activations for all
 windows. On a model in memory nothing is onloaded and the computation is unchanged.
+
+While a block is handled (the method's calibration forwards and the forward that gives
+the next block its inputs), its already quantized layers dequantize their weight once
+and reuse it for every window (:func:`paqbench.quant.linear.dequantize_once`, bitwise
+the same outputs); those float weights are dropped before the next block, and before an
+offloaded block is written back.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from torch import nn
 
 from paqbench.blockwise.offload import DiskOffload, offload_of
 from paqbench.layers import decoder_blocks
+from paqbench.quant.linear import dequantize_once
 from paqbench.quant.sequential import (
     BlockInputs,
     capture_block_inputs,
@@ -81,9 +88,10 @@ def layer_sequential(
             block, name = blocks[index], f"{prefix}.{index}"
             if offload is not None:
                 offload.onload(block, name)
-            process_block(index, name, block, inputs)
-            if index + 1 < len(blocks):
-                inputs = inputs.with_hidden(forward_block(block, inputs))
+            with dequantize_once():  # one float weight per quantized layer of this block, not one per window
+                process_block(index, name, block, inputs)
+                if index + 1 < len(blocks):
+                    inputs = inputs.with_hidden(forward_block(block, inputs))
             if offload is not None:
                 offload.offload(block, name)
     finally:

@@ -21,7 +21,10 @@ contiguous runs of ``group_size`` (which then only records how the layer was qua
 
 Forward: the reference path dequantizes the whole weight on every call (nothing is
 cached, so the layer's memory is its packed size; the float weight exists only during
-the call), then ``F.linear``. A fast path (:mod:`paqbench.quant.kernels`) is used where
+the call), then ``F.linear``. Inside :func:`dequantize_once` (the layer-sequential
+driver's scope for one decoder block, whose calibration runs every window through the
+already quantized layers several times) each layer dequantizes once and reuses that
+tensor until its codes change; leaving the scope drops them. A fast path (:mod:`paqbench.quant.kernels`) is used where
 one applies; ``kernel`` names the path in use.
 
 Pruning a quantized layer edits the codes: :meth:`QuantizedLinear.zero_weights`,
@@ -34,7 +37,10 @@ checkpoint), then :func:`load_quantized` (``replace_with_quantized`` + ``load_st
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +74,49 @@ from paqbench.structure.config import rebuild_blocks
 
 if TYPE_CHECKING:
     from paqbench.export.capability import Capability
+
+
+@dataclass
+class _Dequantized:
+    """A layer's dequantized weight and the buffers it was computed from."""
+
+    #: (tensor, version counter, data pointer) of qweight, qzeros, scales, g_idx
+    sources: tuple[tuple[torch.Tensor, int, int], ...]
+    weight: torch.Tensor
+
+    def fresh(self, sources: tuple[tuple[torch.Tensor, int, int], ...], dtype: torch.dtype) -> bool:
+        """Whether the buffers are still the same tensors, unchanged (an in-place edit
+        moves the version counter, a reassignment the identity, ``.data =`` the pointer)."""
+        return self.weight.dtype == dtype and len(sources) == len(self.sources) and all(
+            old is new and old_version == version and old_ptr == ptr
+            for (old, old_version, old_ptr), (new, version, ptr) in zip(self.sources, sources, strict=True)
+        )
+
+
+#: The active :func:`dequantize_once` scope's weights, by layer; None outside a scope.
+_DEQUANTIZED: ContextVar[dict[QuantizedLinear, _Dequantized] | None] = ContextVar(
+    "paqbench_dequantized", default=None
+)
+
+
+@contextmanager
+def dequantize_once() -> Iterator[None]:
+    """While active, the reference forward of every :class:`QuantizedLinear` dequantizes
+    its weight once (per activation dtype) and reuses that tensor, bitwise the one a fresh
+    dequantization gives, until the layer's buffers change; leaving the scope drops every
+    such weight. For loops that run many windows through the same packed layers
+    (layer-sequential calibration): memory grows by the float weights of the layers
+    called inside the scope, so keep it to one decoder block. A nested scope shares the
+    outer one's weights."""
+    if _DEQUANTIZED.get() is not None:
+        yield
+        return
+    token = _DEQUANTIZED.set({})
+    try:
+        yield
+    finally:
+        _DEQUANTIZED.reset(token)
+
 
 class QuantizedLinear(GroupedCodes):
     """A linear layer whose weight is stored as packed low-bit codes."""
@@ -166,11 +215,41 @@ class QuantizedLinear(GroupedCodes):
             self._select_kernel(x.device, x.dtype)
         if self._kernel is None or kernels.needs_backward(x):
             bias = None if self.bias is None else self.bias.to(x.dtype)
-            return F.linear(x, self.dequantize().to(x.dtype), bias)
+            return F.linear(x, self.reference_weight(x.dtype), bias)
         out = self._kernel.run(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out
+
+    def reference_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight the reference path multiplies by, ``dequantize().to(dtype)``;
+        inside :func:`dequantize_once` computed once and reused while the buffers are
+        unchanged (not in inference mode, whose tensors could not be reused outside it)."""
+        cache = _DEQUANTIZED.get()
+        if cache is None or torch.is_inference_mode_enabled():
+            return self.dequantize().to(dtype)
+        sources = self._weight_sources()
+        entry = cache.get(self)
+        if entry is not None and sources is not None and entry.fresh(sources, dtype):
+            return entry.weight
+        weight = self.dequantize().to(dtype)
+        if sources is not None:
+            cache[self] = _Dequantized(sources, weight)
+        return weight
+
+    def _weight_sources(self) -> tuple[tuple[torch.Tensor, int, int], ...] | None:
+        """What :meth:`reference_weight` is computed from, with version counters; None for
+        inference tensors, which have none (never cached)."""
+        buffers = (self.qweight, self.qzeros, self.scales, self.g_idx)
+        if any(buffer.is_inference() for buffer in buffers):
+            return None
+        return tuple((buffer, buffer._version, buffer.data_ptr()) for buffer in buffers)
+
+    def _forget_dequantized(self) -> None:
+        """Drop this layer's weight from the active :func:`dequantize_once` scope."""
+        cache = _DEQUANTIZED.get()
+        if cache is not None:
+            cache.pop(self, None)
 
     @torch.no_grad()
     def select_kernel(self, device: torch.device | str, dtype: torch.dtype) -> None:
@@ -182,7 +261,9 @@ class QuantizedLinear(GroupedCodes):
     _select_kernel = select_kernel
 
     def _invalidate(self) -> None:
-        """Forget the fast path after the codes changed; the next forward chooses again."""
+        """Forget the fast path (and any reused dequantized weight) after the codes
+        changed; the next forward chooses again."""
+        self._forget_dequantized()
         self._write_meta()
         key = self._kernel_key
         self._kernel = None
