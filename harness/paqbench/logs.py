@@ -3,8 +3,9 @@ deprecation chatter kept out of the user's terminal unless they ask for debug ou
 
 torchao (imported by transformers whenever it is installed) registers Enum classes with
 torch's pytree, and torch 2.13 logs a deprecation WARNING for each one, in every run
-process. That is a message for torchao's developers, not for someone benchmarking a
-model, so it is shown only with ``-vv``.
+process; on a CPU-only torch it also warns that its CUDA extensions and Triton are
+missing. Those are messages for torchao's developers or for GPU users, not for someone
+benchmarking a model on this machine, so they are shown only with ``-vv``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 
 FORMAT = "%(asctime)s %(name)s: %(message)s"
 #: Loggers whose warnings concern other libraries' use of torch, not the user's run.
-LIBRARY_NOISE = ("torch.utils._pytree",)
+LIBRARY_NOISE = ("torch.utils._pytree", "torchao")
 
 
 def configure_logging(level: int) -> None:
