@@ -69,6 +69,25 @@ def test_storage_counts_the_saved_safetensors_bytes(tiny_llama, make_context):
     assert not any(ctx.scratch_dir.iterdir())  # the checkpoint is cleaned up
 
 
+def test_storage_dtype_leaves_fp8_weights_one_byte(tiny_llama, make_context):
+    """dtype: float16 casts float weights, not FP8 codes (widening them doubles the bytes)."""
+    from paqbench_plugins.methods.quant.fp8 import FP8
+
+    ctx = make_context()
+
+    def checkpoint() -> float:
+        values = {m.name: m for m in Storage().measure(tiny_llama, Storage.Params(dtype="float16"), ctx)}
+        return values["checkpoint"].value
+
+    before = checkpoint()
+    FP8().apply(tiny_llama, FP8.Params(activations="none"), ctx)
+    layers = [m for m in tiny_llama.modules() if type(m).__name__ == "FP8Linear"]
+    weights = sum(m.weight_fp8.numel() for m in layers)
+    assert weights > 0
+    saved = before - checkpoint()  # each FP8 weight saved as 1 byte instead of 2, less the scales' bytes
+    assert 0.9 * weights < saved < weights  # widened to float16 it would save nothing (or cost)
+
+
 @pytest.mark.realmodel
 def test_storage_of_the_gguf_loaded_embedded_model(smollm2, tmp_path):
     """transformers keeps a GGUF quantizer on the dequantized model and would refuse to

@@ -47,9 +47,10 @@ class Storage(Metric):
 
 
 def _cast_once(state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Float tensors cast to ``dtype``, each shared tensor kept once (under its first
-    name): casting makes copies, and save_pretrained would then store a tied LM head
-    and its embedding twice."""
+    """Float tensors of 16 bits or more cast to ``dtype``, each shared tensor kept once
+    (under its first name): casting makes copies, and save_pretrained would then store a
+    tied LM head and its embedding twice. Narrower floats (FP8 weights, e8m0 scales) are
+    already a storage format, not float weights: widening them would double their bytes."""
     seen: set[tuple[int, tuple[int, ...]]] = set()
     cast = {}
     for key, tensor in state_dict.items():
@@ -57,7 +58,7 @@ def _cast_once(state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[
         if tensor.numel() and identity in seen:
             continue
         seen.add(identity)
-        cast[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+        cast[key] = tensor.to(dtype) if tensor.is_floating_point() and tensor.element_size() >= 2 else tensor
     return cast
 
 
