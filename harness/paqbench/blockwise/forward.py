@@ -52,7 +52,7 @@ def blockwise_logits(
     model: nn.Module,
     batches: Sequence[torch.Tensor],
     score: Callable[[torch.Tensor, torch.Tensor], list[float]],
-    wrap: Callable[[Iterable[int], int], Iterable[int]] = lambda it, total: it,
+    wrap: Callable[[Iterable[int], int], Iterable[int]] | None = None,
     budget: int = HIDDEN_BUDGET,
 ) -> list[float]:
     """``score(logits, batch)`` for every batch of token ids, concatenated, computed block
@@ -71,7 +71,8 @@ def blockwise_logits(
             chunks.append([])
         chunks[-1].append(batch)
     scores: list[float] = []
-    for number in wrap(range(len(chunks)), len(chunks)):
+    numbers = range(len(chunks))
+    for number in numbers if wrap is None else wrap(numbers, len(chunks)):
         scores.extend(_chunk(model, chunks[number], blocks, prefix, score))
     return scores
 

@@ -388,8 +388,7 @@ def loglikelihoods(
         return _continuation_logprobs(logits, batch.ends, batch.continuations)
 
     if offload_of(model) is not None:
-        chunks = {} if wrap is None else {"wrap": wrap}
-        ordered = blockwise_logits(model, [batch.ids for batch in batches], score, **chunks)
+        ordered = blockwise_logits(model, [batch.ids for batch in batches], score, wrap)
     else:
         device = next(model.parameters()).device
         ordered = []
